@@ -1,0 +1,169 @@
+"""`creagen`: the command line. A door into the library; it holds no logic of its own.
+
+    creagen demo                              train one small generator of each family (main job)
+    creagen prepare CONFIG [--set k=v ...]    Ray Data: source -> Parquet shards + manifest
+    creagen train CONFIG [--set k=v ...]      Ray Train: DDP training, checkpoints, bundle
+    creagen tune CONFIG [--resume]            Ray Tune: search losses / optimizers (ASHA, PBT)
+    creagen generate BUNDLE | --url URL       text to stdout, images to a PNG grid
+    creagen serve BUNDLE_OR_DIR ...           Ray Serve on 127.0.0.1
+    creagen config show CONFIG | schema       the resolved config / its JSON schema
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from creagen_ray.config import ConfigError, config_schema, dump_config, load_config
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="YAML or JSON experiment config")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optimizer.lr=3e-3 (repeatable; values are YAML)",
+    )
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config or the JSON schema."""
+    if args.what == "schema":
+        print(json.dumps(config_schema(), indent=2))
+        return 0
+    if not args.config:
+        raise ConfigError("creagen config show needs a CONFIG file")
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Prepare the config's data source into Parquet shards and print its statistics."""
+    from creagen_ray.data.prepare import prepare_data
+
+    cfg = load_config(args.config, args.overrides)
+    prepared = prepare_data(cfg.data, storage_path=cfg.train.storage_path, force=args.force)
+    print(prepared.summary())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train with Ray Train; prints progress, then the bundle path and final metrics."""
+    from creagen_ray.training import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, address=args.address)
+    print(f"bundle: {result.bundle_path}")
+    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Search hyperparameters with Ray Tune; prints the ranked table and best config path."""
+    from creagen_ray.tuning import tune_from_file
+
+    result = tune_from_file(args.config, args.overrides, resume=args.resume, address=args.address)
+    print(result.summary())
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate from a bundle (or a running server with --url): text to stdout, images to PNG."""
+    from creagen_ray.generate import generate_cli
+
+    return generate_cli(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve bundles with Ray Serve on 127.0.0.1 and block until Ctrl-C."""
+    from creagen_ray.serving.local import serve_forever
+
+    return serve_forever(args.bundles, host=args.host, port=args.port, api_key=args.api_key)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: train a small generator of each family on embedded data, write samples."""
+    from creagen_ray.demo import run_demo
+
+    return run_demo(out_dir=args.out, families=args.families, steps=args.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every subcommand (also what --help prints)."""
+    parser = argparse.ArgumentParser(
+        prog="creagen",
+        description="Train, tune and serve creative generative models (RNN, VAE, GAN) on Ray.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("config", help="show the resolved config or the JSON schema")
+    p.add_argument("what", choices=["show", "schema"])
+    _config_args(p, required=False)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("prepare", help="prepare a data source into Parquet shards (Ray Data)")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="rewrite shards even if up to date")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train with Ray Train (DDP), checkpoint, export a bundle")
+    _config_args(p)
+    p.add_argument("--address", default=None, help="Ray address; default: a running cluster, else local")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search hyperparameters with Ray Tune (ASHA / PBT)")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search (Tuner.restore)")
+    p.add_argument("--address", default=None, help="Ray address; default: a running cluster, else local")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("generate", help="generate text or images from a bundle or a server")
+    p.add_argument("bundle", nargs="?", help="bundle directory (omit with --url)")
+    p.add_argument("--url", help="base URL of a running `creagen serve`")
+    p.add_argument("--model", help="model id on the server")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--n", type=int, default=16, help="images (or text samples) to generate")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default="samples.png", help="PNG grid path for images")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="serve bundles with Ray Serve on 127.0.0.1")
+    p.add_argument("bundles", nargs="+", help="bundle directories, or folders holding bundles")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require this key in the X-API-Key header")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="main job: train one small generator per family on embedded data")
+    p.add_argument("--out", default="runs/demo", help="where samples, metrics and bundles go")
+    p.add_argument("--families", nargs="+", default=["rnn", "vae", "gan"], choices=["rnn", "vae", "gan"])
+    p.add_argument("--steps", type=int, default=None, help="override training steps per family")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `creagen` console script."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except ConfigError as e:
+        print(f"creagen: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""The one validated config tree: CLI flags, YAML files, Tune search spaces and Serve requests.
+
+Everything else in creagen-ray takes one of these objects, never a raw dict. A bad value fails
+here, before any cluster work, with a message naming the field path and the value.
+
+    cfg = load_config("jobs/configs/rnn-shakespeare.yaml", overrides=["optimizer.lr=3e-3"])
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names every bad field path and value."""
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown fields are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+class DataConfig(Strict):
+    """Where the data comes from and how `creagen prepare` turns it into Parquet shards."""
+
+    source: Union[str, list[str]] = Field(
+        "builtin:python-docs",
+        description="builtin:python-docs | builtin:shapes | a text file (or list) | a Parquet dir | "
+        "an MNIST-style idx images file | a folder of PNG images | a .npy array",
+    )
+    kind: Literal["auto", "builtin", "text", "parquet", "idx", "png", "npy"] = Field(
+        "auto", description="how to read `source`; auto guesses from the name"
+    )
+    labels: str | None = Field(None, description="idx labels file (or .npy) that goes with an image source")
+    modality: Literal["text", "image"] = "text"
+    tokenizer: Literal["char", "byte"] = Field("char", description="char: saved vocab; byte: any UTF-8 round-trips")
+    seq_len: int = Field(128, ge=2, le=65536, description="tokens per training window (+1 for the target shift)")
+    stride: int | None = Field(None, ge=1, description="tokens between window starts; default seq_len")
+    image_size: int | None = Field(None, ge=8, le=1024, description="resize images to this side; None keeps them")
+    channels: Literal[1, 3] | None = Field(None, description="force 1 (gray) or 3 (RGB) channels")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="text: last part by position; images: every k-th item")
+    seed: int = 0
+    max_items: int | None = Field(None, ge=1, description="use only the first N images / N characters")
+    builtin_size: int = Field(10000, ge=10, description="how many images builtin:shapes generates")
+    output_dir: str | None = Field(None, description="where shards go; default <storage>/data/<source hash>")
+    rows_per_shard: int = Field(20000, ge=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# model families (a discriminated union: a field of the wrong family is an error)
+
+
+class RNNConfig(Strict):
+    """Character/byte-level recurrent language model."""
+
+    family: Literal["rnn"] = "rnn"
+    cell: Literal["gru", "lstm"] = "gru"
+    embed_dim: int = Field(64, ge=1)
+    hidden_size: int = Field(256, ge=1)
+    num_layers: int = Field(2, ge=1, le=16)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    tie_weights: bool = False
+
+
+class VAEConfig(Strict):
+    """Conv VAE for images, or the sentence VAE (GRU encoder/decoder) for text."""
+
+    family: Literal["vae"] = "vae"
+    arch: Literal["conv", "sentence"] = "conv"
+    latent_dim: int = Field(16, ge=1, le=4096)
+    base_channels: int = Field(32, ge=4, description="conv arch: channels of the first conv layer")
+    beta: float = Field(1.0, ge=0.0, description="weight of the KL term (beta-VAE)")
+    kl_anneal_steps: int = Field(0, ge=0, description="KL weight rises linearly 0 -> beta over these steps")
+    embed_dim: int = Field(64, ge=1, description="sentence arch")
+    hidden_size: int = Field(256, ge=1, description="sentence arch")
+    word_dropout: float = Field(0.0, ge=0.0, le=1.0, description="sentence arch: decoder input dropout")
+
+
+class GANConfig(Strict):
+    """DCGAN generator and discriminator (critic for WGAN-GP)."""
+
+    family: Literal["gan"] = "gan"
+    latent_dim: int = Field(64, ge=1, le=4096)
+    g_channels: int = Field(64, ge=4)
+    d_channels: int = Field(64, ge=4)
+    n_critic: int = Field(1, ge=1, le=20, description="critic steps per generator step (5 for WGAN-GP)")
+
+
+ModelConfig = Annotated[Union[RNNConfig, VAEConfig, GANConfig], Field(discriminator="family")]
+
+LOSSES_BY_FAMILY: dict[str, tuple[str, ...]] = {
+    "rnn": ("cross_entropy",),
+    "vae": ("mse", "bce"),
+    "gan": ("bce", "hinge", "wasserstein"),
+}
+DEFAULT_LOSS: dict[str, str] = {"rnn": "cross_entropy", "vae": "bce", "gan": "bce"}
+
+
+class LossConfig(Strict):
+    """The loss a family trains with; `None` picks the family's default."""
+
+    name: Literal["cross_entropy", "mse", "bce", "hinge", "wasserstein"] | None = None
+    gp_lambda: float = Field(10.0, ge=0.0, description="gradient-penalty weight (wasserstein)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class OptimizerConfig(Strict):
+    """Optimizer and learning-rate schedule. `gd` is true full-batch gradient descent."""
+
+    name: Literal["gd", "sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(2e-3, gt=0.0, le=10.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; None disables")
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a share of lr")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "OptimizerConfig":
+        if self.nesterov and (self.name not in ("sgd", "gd") or self.momentum <= 0):
+            raise ValueError("nesterov needs name=sgd|gd and momentum > 0")
+        return self
+
+
+class TrainConfig(Strict):
+    """How Ray Train runs the loop: workers, length, evaluation, checkpoints, storage."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0.0, description="fractions leave CPU for Ray Data's read tasks")
+    gpus_per_worker: float = Field(1.0, ge=0.0)
+    torch_threads: int | None = Field(None, ge=1, description="default: max(1, int(cpus_per_worker))")
+    steps: int | None = Field(1000, ge=1, description="optimizer steps; exactly one of steps/epochs")
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1, le=65536, description="per worker")
+    eval_every: int = Field(200, ge=1)
+    eval_batches: int = Field(20, ge=1, description="validation batches per evaluation")
+    checkpoint_every: int = Field(200, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    storage_path: str = Field("./runs", description="local dir or URI holding runs, checkpoints, bundles")
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    max_failures: int = Field(0, ge=-1, description="worker-loss restarts; -1 = unlimited")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, off on CPU")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "TrainConfig":
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of train.steps and train.epochs")
+        return self
+
+
+class TuneConfig(Strict):
+    """Ray Tune search settings (the search space lives in the config's own fields)."""
+
+    scheduler: Literal["asha", "pbt", "none"] = "asha"
+    search: Literal["random", "grid"] = "random"
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    metric: str | None = Field(None, description="default: the family's validation metric")
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(1, ge=1, description="ASHA: reports before a trial may stop")
+    reduction_factor: float = Field(2.0, gt=1.0)
+    perturbation_interval: int = Field(2, ge=1, description="PBT: reports between exploits")
+    trial_cpus: float = Field(0.01, gt=0.0)
+
+
+class ExperimentConfig(Strict):
+    """The root: one experiment = data + model + loss + optimizers + training (+ tuning)."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=RNNConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    optimizer_d: OptimizerConfig | None = Field(None, description="GAN discriminator/critic; default = optimizer")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        fam = self.model.family
+        if self.loss.name is None:
+            self.loss.name = DEFAULT_LOSS[fam]
+        if self.loss.name not in LOSSES_BY_FAMILY[fam]:
+            raise ValueError(
+                f"loss.name={self.loss.name!r} is not a {fam} loss; choose one of {list(LOSSES_BY_FAMILY[fam])}"
+            )
+        want = "image" if fam == "gan" or (fam == "vae" and self.model.arch == "conv") else "text"
+        if self.data.modality != want:
+            raise ValueError(f"data.modality={self.data.modality!r} but model.family={fam!r} needs {want!r} data")
+        if self.optimizer_d is not None and fam != "gan":
+            raise ValueError("optimizer_d is only for model.family='gan'")
+        return self
+
+    @property
+    def d_optimizer(self) -> OptimizerConfig:
+        """The discriminator's optimizer settings (falls back to `optimizer`)."""
+        return self.optimizer_d or self.optimizer
+
+
+# ----------------------------------------------------------------------------------------------
+# what a family needs to know about prepared data (read from the dataset manifest)
+
+
+class DataSpec(Strict):
+    """Shape facts a model is built from: vocabulary for text, (C, H, W) for images."""
+
+    modality: Literal["text", "image"]
+    vocab_size: int | None = None
+    seq_len: int | None = None
+    channels: int | None = None
+    image_size: int | None = None
+    num_classes: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# generation requests (Serve and `creagen generate` validate through these)
+
+MAX_NEW_TOKENS = 2048
+MAX_PROMPT_CHARS = 4096
+MAX_IMAGES = 64
+MAX_BATCH_PROMPTS = 32
+
+
+class TextRequest(Strict):
+    """Sample text from an RNN or a sentence VAE."""
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    max_new_tokens: int = Field(200, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 = greedy")
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+    n: int = Field(1, ge=1, le=MAX_BATCH_PROMPTS, description="samples for this prompt")
+
+
+class ImageRequest(Strict):
+    """Sample n images from the prior."""
+
+    n: int = Field(16, ge=1, le=MAX_IMAGES)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+class InterpolateRequest(Strict):
+    """A latent walk between the latents drawn from two seeds."""
+
+    seed_a: int = Field(0, ge=0, le=2**63 - 1)
+    seed_b: int = Field(1, ge=0, le=2**63 - 1)
+    steps: int = Field(8, ge=2, le=MAX_IMAGES)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading: YAML/JSON + --set overrides, with errors that name the field
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per bad field: `path.to.field: message (got value)`."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        # drop the discriminator tag pydantic inserts into union paths (model.rnn.x -> model.x)
+        parts = path.split(".")
+        if len(parts) > 1 and parts[0] == "model" and parts[1] in LOSSES_BY_FAMILY:
+            parts.pop(1)
+        path = ".".join(parts) or "<root>"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        # model-level checks name their own fields in the message
+        lines.append(msg if path == "<root>" else f"{path}: {msg}{got_s}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _parse_scalar(text: str) -> Any:
+    """`--set` values are YAML scalars: 3e-3, true, [1, 2], {choice: [a, b]}, null."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a raw config dict (returns a new dict)."""
+    out = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_scalar(value)
+    return out
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict (no validation yet)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a raw dict into an ExperimentConfig, raising ConfigError naming the fields."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML/JSON file (or the defaults), apply `--set` overrides, and validate."""
+    raw = read_raw(path) if path is not None else {}
+    return validate_config(apply_overrides(raw, overrides))
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (round-trips through load_config)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON schema of the whole config tree (`creagen config schema`)."""
+    return ExperimentConfig.model_json_schema()

@@ -1,0 +1,193 @@
+"""The Family protocol: everything the training loop, Tune and Serve ever call on a model family.
+
+A family is pure PyTorch (no Ray). It owns its modules (`self.modules`, a name -> nn.Module dict
+that the training loop may wrap for DDP), its `Stepper`s (one per optimizer), and knows how to
+take one training step on a batch, evaluate on held-out batches, and generate.
+
+Batches are dicts of tensors as Ray Data's `iter_torch_batches` yields them from prepared shards:
+  text:  {"tokens": int64 [B, seq_len + 1]}
+  image: {"image": uint8 [B, C, H, W]}  (+ {"label": int64 [B]} when the source has labels)
+
+Adding a family = one file that subclasses `Family` + one line in `families/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from creagen_ray.config import DataSpec, ExperimentConfig, OptimizerConfig
+from creagen_ray.optim import Stepper
+
+Batch = dict[str, torch.Tensor]
+
+
+class Family:
+    """Base class of a model family; subclasses fill in build/train_step/evaluate/generate."""
+
+    name: ClassVar[str] = ""
+    # which requests `generate` accepts, e.g. {"text"}, {"image", "interpolate", "reconstruct"}
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    # the validation metric Tune and ASHA minimise, e.g. "val_loss", "val_neg_elbo"
+    val_metric: ClassVar[str] = "val_loss"
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        spec: DataSpec,
+        device: torch.device | str = "cpu",
+        total_steps: int | None = None,
+        tokenizer: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.device = torch.device(device)
+        self.total_steps = total_steps
+        self.tokenizer = tokenizer
+        self.step = 0  # training steps taken (batches seen by train_step)
+        self.modules: dict[str, nn.Module] = {}
+        self.steppers: dict[str, Stepper] = {}
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        )
+        self.build()
+        for m in self.modules.values():
+            m.to(self.device)
+        self.build_optimizers()
+
+    # -- what a family defines ------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Create `self.modules` from `self.cfg.model` and `self.spec`."""
+        raise NotImplementedError
+
+    def build_optimizers(self) -> None:
+        """Create `self.steppers`; the default is one Stepper over every module's parameters."""
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        self.steppers = {"main": self.make_stepper(params, self.cfg.optimizer)}
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One optimization step on one batch; returns scalar metrics (must include "loss")."""
+        raise NotImplementedError
+
+    def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
+        """Held-out metrics over `batches` (must include `val_metric`)."""
+        raise NotImplementedError
+
+    def generate(self, request: Any) -> Any:
+        """Answer a TextRequest / ImageRequest / InterpolateRequest (see `capabilities`)."""
+        raise NotImplementedError
+
+    # -- shared mechanism -----------------------------------------------------------------------
+
+    def make_stepper(self, params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> Stepper:
+        """A Stepper sharing this family's schedule length and AMP scaler."""
+        return Stepper(params, cfg, total_steps=self.total_steps, scaler=self.scaler)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.cfg.train.amp
+        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
+            return None
+        if amp == "fp16":
+            return torch.float16
+        return torch.bfloat16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes (a no-op when AMP is off)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, batch: Batch) -> Batch:
+        """Move a batch's tensors to this family's device."""
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def wrap_modules(self, wrap: Callable[[nn.Module], nn.Module], names: Iterable[str] | None = None) -> None:
+        """Replace modules by `wrap(module)` (the training loop passes Ray Train's prepare_model).
+
+        Only modules with trainable parameters are wrapped. Steppers keep working because DDP
+        shares the wrapped module's parameters.
+        """
+        for k in list(names or self.modules):
+            m = self.modules[k]
+            if any(p.requires_grad for p in m.parameters()):
+                self.modules[k] = wrap(m)
+
+    def raw(self, name: str) -> nn.Module:
+        """The module without a DDP wrapper (for sampling and saving)."""
+        m = self.modules[name]
+        return m.module if hasattr(m, "module") and isinstance(m.module, nn.Module) else m
+
+    def train(self, mode: bool = True) -> None:
+        """Put every module in train (or eval) mode."""
+        for m in self.modules.values():
+            m.train(mode)
+
+    def end_epoch(self) -> None:
+        """Tell every Stepper an epoch ended (full-batch `gd` takes its one step here)."""
+        for s in self.steppers.values():
+            s.end_epoch()
+
+    def set_optimizer_hyperparameters(self, cfg: ExperimentConfig) -> None:
+        """Re-apply new optimizer settings to live param groups (PBT, after loading a donor)."""
+        self.cfg = cfg
+        for name, s in self.steppers.items():
+            s.set_hyperparameters(cfg.d_optimizer if name in ("d", "critic", "discriminator") else cfg.optimizer)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Flat name -> tensor map of every module's weights (for safetensors bundles)."""
+        out: dict[str, torch.Tensor] = {}
+        for name in self.modules:
+            for k, v in self.raw(name).state_dict().items():
+                out[f"{name}.{k}"] = v.detach().cpu().contiguous()
+        return out
+
+    def load_weights(self, flat: dict[str, torch.Tensor]) -> None:
+        """Inverse of `weights()`; shape mismatches are clear errors."""
+        for name in self.modules:
+            prefix = f"{name}."
+            sub = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+            try:
+                self.raw(name).load_state_dict(sub, strict=True)
+            except RuntimeError as e:
+                raise ValueError(f"weights do not fit module {name!r} built from this config: {e}") from None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Modules, optimizers, schedulers, scaler and step: everything a checkpoint resumes from."""
+        state: dict[str, Any] = {
+            "step": self.step,
+            "modules": {k: self.raw(k).state_dict() for k in self.modules},
+            "steppers": {k: s.state_dict() for k, s in self.steppers.items()},
+        }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved; training continues at the saved step."""
+        self.step = int(state["step"])
+        for k, sd in state["modules"].items():
+            self.raw(k).load_state_dict(sd)
+        for k, sd in state["steppers"].items():
+            self.steppers[k].load_state_dict(sd)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Every trainable parameter of every module."""
+        for m in self.modules.values():
+            yield from m.parameters()
+
+
+def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch.Generator on `device`, seeded (or from fresh entropy when seed is None)."""
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g
