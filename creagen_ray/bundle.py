@@ -1,0 +1,161 @@
+"""Generator bundles: the only thing that crosses from training to serving.
+
+A bundle is a directory that describes and verifies itself:
+
+    weights.safetensors   module weights (no pickled code: safetensors)
+    config.yaml           the resolved ExperimentConfig it was trained with
+    spec.json             the DataSpec the model was built from
+    tokenizer.json        text families only
+    metrics.json          final training / evaluation metrics
+    data_manifest.json    the prepared dataset's manifest (optional; used for novelty checks)
+    manifest.json         format, family, and the sha256 of every file above
+
+`load_bundle` refuses a bundle whose files do not match their sha256 (tampered or half-written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from creagen_ray.config import DataSpec, ExperimentConfig, dump_config, validate_config
+from creagen_ray.families import Family, build_family
+from creagen_ray.tokenizer import Tokenizer, tokenizer_from_dict
+
+FORMAT = "creagen-bundle/1"
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, malformed, or does not match its manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bundle(
+    family: Family,
+    out_dir: str | Path,
+    metrics: dict[str, Any] | None = None,
+    data_manifest: dict[str, Any] | None = None,
+) -> Path:
+    """Export a trained family as a verified bundle directory (written to a temp dir, then renamed)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file(family.weights(), str(tmp / "weights.safetensors"), metadata={"family": family.name})
+        (tmp / "config.yaml").write_text(dump_config(family.cfg), encoding="utf-8")
+        (tmp / "spec.json").write_text(family.spec.model_dump_json(indent=2), encoding="utf-8")
+        if family.tokenizer is not None:
+            (tmp / "tokenizer.json").write_text(json.dumps(family.tokenizer.to_dict()), encoding="utf-8")
+        (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, sort_keys=True, default=float))
+        if data_manifest is not None:
+            (tmp / "data_manifest.json").write_text(json.dumps(data_manifest, indent=2, default=str))
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        manifest = {"format": FORMAT, "family": family.name, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """Check the manifest and every file's sha256; returns the manifest or raises BundleError."""
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath}: unreadable manifest ({e})") from None
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"{mpath}: not a {FORMAT} manifest")
+    for name in ("weights.safetensors", "config.yaml", "spec.json"):
+        if name not in manifest["files"]:
+            raise BundleError(f"{root}: manifest does not list {name}")
+    for name, digest in manifest["files"].items():
+        f = root / name
+        if Path(name).name != name or not f.is_file():
+            raise BundleError(f"{root}: file {name!r} listed in the manifest is missing")
+        if sha256_file(f) != digest:
+            raise BundleError(f"{root}: {name} does not match its sha256 in the manifest (tampered or corrupt)")
+    return manifest
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle: config, spec, tokenizer, metrics and the family in eval mode."""
+
+    path: Path
+    cfg: ExperimentConfig
+    spec: DataSpec
+    family: Family
+    tokenizer: Tokenizer | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The family name (rnn | vae | gan)."""
+        return self.family.name
+
+    @property
+    def modality(self) -> str:
+        """text | image."""
+        return self.spec.modality
+
+    def generate(self, request: Any) -> Any:
+        """Forward a request to the family (see families/base.py for the result types)."""
+        return self.family.generate(request)
+
+    def data_manifest(self) -> dict[str, Any] | None:
+        """The prepared dataset's manifest, when the bundle carries it."""
+        p = self.path / "data_manifest.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Verify a bundle and rebuild its family with the saved weights, ready to generate."""
+    root = Path(path)
+    manifest = verify_bundle(root)
+    try:
+        cfg = validate_config(yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")))
+        spec = DataSpec.model_validate_json((root / "spec.json").read_text(encoding="utf-8"))
+        tok_path = root / "tokenizer.json"
+        tokenizer = tokenizer_from_dict(json.loads(tok_path.read_text())) if tok_path.is_file() else None
+        metrics = json.loads((root / "metrics.json").read_text()) if (root / "metrics.json").is_file() else {}
+    except (ValueError, yaml.YAMLError) as e:
+        raise BundleError(f"{root}: invalid bundle contents: {e}") from None
+    if cfg.model.family != manifest.get("family"):
+        raise BundleError(f"{root}: manifest family {manifest.get('family')!r} != config {cfg.model.family!r}")
+    family = build_family(cfg, spec, device=device, tokenizer=tokenizer)
+    family.load_weights(load_file(str(root / "weights.safetensors"), device=str(device)))
+    family.train(False)
+    return Bundle(root, cfg, spec, family, tokenizer, metrics, manifest)
