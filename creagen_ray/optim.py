@@ -8,6 +8,7 @@ epoch; it never touches `optimizer.step()` itself, so all families behave the sa
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Iterable
 
@@ -131,7 +132,9 @@ class Stepper:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict saved (the step count and schedule continue)."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        # torch's load_state_dict keeps same-device tensors by reference: copy, so a live source
+        # Stepper (in-process resume, PBT exploit) and this one never share moment buffers
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = int(state["steps"])
         self.accumulated = int(state.get("accumulated", 0))
