@@ -1,0 +1,390 @@
+"""The one training loop every Ray Train worker runs, for any Family.
+
+`train_loop_per_worker(config)` is what `TorchTrainer` calls on each worker. It knows nothing of
+RNNs, VAEs or GANs: it builds the family named in the config, wraps its modules for DDP with
+`ray.train.torch.prepare_model`, streams this worker's shard of the training data, and calls
+`family.train_step(batch)`, `family.end_epoch()` and `family.evaluate(batches)`.
+
+Per step every rank agrees (one tiny all-reduce) whether any rank saw a NaN/Inf loss; if so all
+ranks report the failure without a checkpoint and return, so Ray Train neither retries it nor
+overwrites the last good checkpoint, and the driver raises NonFiniteLossError.
+
+Evaluation runs on rank 0 only, over the first `train.eval_batches` x `batch_size` rows of the
+validation split, read once (pyarrow, bounded) and kept in memory so that every evaluation sees
+the same held-out batches. The other ranks wait at the next collective; rank 0's metrics are what Ray Train, Tune
+and the progress printer see.
+
+`config` holds only JSON-able values (plus an optional checkpoint object to resume from):
+    cfg          ExperimentConfig.model_dump(mode="json")
+    spec         DataSpec as a dict;     tokenizer  Tokenizer.to_dict() or None
+    total_steps  optimizer steps of the whole run (schedules use it)
+    data_path    the prepared data directory (rank 0 reads labelled images from it for FID)
+    resume_from  a ray.train/ray.tune Checkpoint to start from when the run has none of its own
+    faults       fault injection for tests only: {"kill_at_step", "kill_rank", "marker", "nan_at_step"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import ray.train
+import ray.train.torch
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from creagen_ray.config import DataSpec, ExperimentConfig, validate_config
+from creagen_ray.families import Family, build_family
+from creagen_ray.tokenizer import tokenizer_from_dict
+from creagen_ray.training.checkpoint import (
+    capture_rng,
+    load_ray_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    seed_everything,
+)
+
+# how many labelled training images rank 0 uses to fit the FID feature net, and for how long
+FEATURE_NET_IMAGES = 2000
+FEATURE_NET_STEPS = 200
+
+
+def batch_columns(spec: DataSpec) -> dict[str, torch.dtype]:
+    """Columns (and torch dtypes) a family's batches carry; selected before iterating."""
+    if spec.modality == "text":
+        return {"tokens": torch.int64}
+    cols = {"image": torch.uint8}
+    if spec.num_classes:
+        cols["label"] = torch.int64
+    return cols
+
+
+def batch_items(batch: dict[str, torch.Tensor]) -> int:
+    """Work units in a batch for throughput: predicted tokens for text, images for images."""
+    if "tokens" in batch:
+        t = batch["tokens"]
+        return int(t.shape[0] * (t.shape[1] - 1))
+    return int(batch["image"].shape[0])
+
+
+def param_hash(family: Family) -> str:
+    """sha256 (16 hex chars) of every parameter's bytes: equal on bit-identical DDP replicas."""
+    h = hashlib.sha256()
+    for name in sorted(family.modules):
+        for k, v in sorted(family.raw(name).state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def params_finite(family: Family) -> bool:
+    """True when no parameter holds a NaN or Inf (checked before every checkpoint)."""
+    return all(bool(torch.isfinite(p).all()) for p in family.parameters())
+
+
+def _finite(metrics: dict[str, float]) -> bool:
+    return all(math.isfinite(float(v)) for v in metrics.values())
+
+
+class _Dist:
+    """The few collectives the loop needs, as no-ops when there is one worker."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.device = device
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank."""
+        if not self.on:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, indexed by rank."""
+        if not self.on:
+            return [obj]
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+
+
+class _Window:
+    """Running sums of step metrics, items and data-wait time between two reports."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.items = 0
+        self.wait_s = 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, metrics: dict[str, float], items: int, wait_s: float) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.steps += 1
+        self.items += items
+        self.wait_s += wait_s
+
+    def summary(self) -> dict[str, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        out["items_per_s"] = self.items / dt
+        out["steps_per_s"] = self.steps / dt
+        out["data_wait_share"] = self.wait_s / dt
+        return out
+
+
+def _restore(family: Family, config: dict[str, Any], rank: int, world: int) -> dict[str, Any] | None:
+    """Load Ray Train's own latest checkpoint, else the explicit resume_from one; None = fresh.
+
+    The run's own checkpoint wins when it descends from the same explicit seed (a worker-failure
+    restart or a plain re-run); an explicit checkpoint that this run has not started from yet
+    (a PBT donor) wins over an older own checkpoint.
+    """
+    explicit = config.get("resume_from")
+    seed_path = str(explicit.path) if explicit is not None else None
+    own = ray.train.get_checkpoint()
+    state = load_ray_checkpoint(own) if own is not None else None
+    if state is not None and explicit is not None and state.get("seeded_from") != seed_path:
+        state = None  # our own checkpoint predates the explicit one we were given now
+    source = "own"
+    if state is None and explicit is not None:
+        state, source = load_ray_checkpoint(explicit), "explicit"
+    if state is None:
+        return None
+    family.load_state_dict(state["family"])
+    rngs = state.get("rng") or []
+    if len(rngs) == world:
+        restore_rng(rngs[rank])
+    else:  # a different world size: fresh per-rank streams, still deterministic
+        seed_everything(family.cfg.train.seed + 1000 * (family.step + 1) + rank)
+    if source == "explicit":
+        # a donor's checkpoint carries the donor's optimizer settings: apply this run's own
+        family.set_optimizer_hyperparameters(family.cfg)
+    return state
+
+
+def _attach_feature_net(family: Family, data_path: str | None, spec: DataSpec) -> None:
+    """GAN-style families: fit the FID feature classifier on labelled train images (rank 0)."""
+    if not hasattr(family, "feature_net") or not spec.num_classes or not data_path:
+        return
+    from creagen_ray.data import load_prepared
+    from creagen_ray.metrics import train_feature_net
+
+    rows = load_prepared(data_path).read_numpy("train", ["image", "label"])  # pyarrow, no Ray tasks
+    images = torch.as_tensor(rows["image"][:FEATURE_NET_IMAGES])
+    labels = torch.as_tensor(rows["label"][:FEATURE_NET_IMAGES]).long()
+    family.feature_net = train_feature_net(
+        images, labels, num_classes=spec.num_classes, steps=FEATURE_NET_STEPS, seed=family.cfg.train.seed
+    ).to(family.device)
+
+
+def _val_batches(
+    data_path: str, spec: DataSpec, n_batches: int, batch_size: int, device: torch.device
+) -> list[dict[str, torch.Tensor]]:
+    """The first eval_batches x batch_size validation rows as batches, read once (rank 0).
+
+    A bounded read with pyarrow straight from the prepared shards: starting a Ray Data pipeline
+    for a few hundred rows costs seconds of start-up, this costs milliseconds.
+    """
+    import pyarrow.parquet as pq
+    import ray.data  # noqa: F401  (registers the tensor extension types of the shards)
+
+    from creagen_ray.data import load_prepared
+
+    prepared = load_prepared(data_path)
+    columns = batch_columns(spec)
+    want = n_batches * batch_size
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    have = 0
+    for f in prepared.files("val"):
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=min(want, 4096), columns=list(columns)):
+            for c in columns:
+                parts[c].append(rb.column(c).to_numpy(zero_copy_only=False))
+            have += rb.num_rows
+            if have >= want:
+                break
+        if have >= want:
+            break
+    if have == 0:
+        return []
+    rows = {c: torch.as_tensor(np.concatenate(v)[:want]).to(dt) for (c, v), dt in zip(parts.items(), columns.values())}
+    return [
+        {c: v[i : i + batch_size].to(device) for c, v in rows.items()}
+        for i in range(0, min(have, want), batch_size)
+    ]
+
+
+def _evaluate(family: Family, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """family.evaluate under no_grad, then back to train mode; prefixes nothing (families name val_*)."""
+    with torch.no_grad():
+        metrics = family.evaluate(batches)
+    family.train(True)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train one Family on this worker's data shard with DDP; report, checkpoint, evaluate."""
+    cfg = validate_config(config["cfg"])
+    spec = DataSpec.model_validate(config["spec"])
+    tokenizer = tokenizer_from_dict(config["tokenizer"]) if config.get("tokenizer") else None
+    total_steps = int(config["total_steps"])
+    faults = config.get("faults") or {}
+    t = cfg.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    seed_everything(t.seed + rank)
+
+    family = build_family(cfg, spec, device=device, total_steps=total_steps, tokenizer=tokenizer)
+    restored = _restore(family, config, rank, world)
+    seeded_from = str(config["resume_from"].path) if config.get("resume_from") is not None else None
+    family.wrap_modules(ray.train.torch.prepare_model)
+    family.train(True)
+    comm = _Dist(device)
+
+    start_step = family.step
+    epoch = int(restored["epoch"]) if restored else 0
+    columns = batch_columns(spec)
+    shard = ray.train.get_dataset_shard("train")
+    val: list[dict[str, torch.Tensor]] | None = None
+    last_val: dict[str, float] = {}
+    window = _Window()
+    t_start = time.perf_counter()
+
+    def done() -> bool:
+        return family.step >= total_steps if t.epochs is None else epoch >= t.epochs
+
+    def evaluate() -> dict[str, float]:
+        nonlocal val, last_val
+        if rank == 0:
+            if val is None:
+                _attach_feature_net(family, config.get("data_path"), spec)
+                val = _val_batches(config["data_path"], spec, t.eval_batches, t.batch_size, device)
+            if val:
+                last_val = _evaluate(family, val)
+                last_val["val_step"] = family.step
+        return last_val
+
+    def report(checkpoint: bool) -> bool:
+        """Every rank reports; rank 0 attaches a checkpoint. False when the weights went NaN/Inf."""
+        metrics = {
+            **window.summary(),
+            **last_val,
+            "step": family.step,
+            "epoch": epoch,
+            "total_steps": total_steps,
+            "start_step": start_step,
+            "time_s": time.perf_counter() - t_start,
+            "lr": next(iter(family.steppers.values())).lr,
+            "world_size": world,
+        }
+        window.reset()
+        if not checkpoint:
+            ray.train.report(metrics)
+            return True
+        if comm.any(not params_finite(family)):
+            stop_nonfinite(metrics, f"parameters hold NaN/Inf at step {family.step}")
+            return False
+        hashes_rngs = comm.gather((param_hash(family), capture_rng()))
+        hashes = [h for h, _ in hashes_rngs]
+        metrics["replicas_in_sync"] = float(len(set(hashes)) == 1)
+        metrics["param_hashes"] = ",".join(hashes)
+        if rank != 0:
+            ray.train.report(metrics)
+            return True
+        state = {
+            "step": family.step,
+            "epoch": epoch,
+            "family": family.state_dict(),
+            "rng": [r for _, r in hashes_rngs],
+            "config": cfg.model_dump(mode="json"),
+            "spec": spec.model_dump(mode="json"),
+            "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+            "seeded_from": seeded_from,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        }
+        with tempfile.TemporaryDirectory(prefix="creagen-ckpt-") as d:
+            save_checkpoint(d, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        return True
+
+    def stop_nonfinite(metrics: dict[str, Any], what: str) -> None:
+        """Every rank reports the failure (no checkpoint); the driver turns it into an error."""
+        ray.train.report({**metrics, "nonfinite": 1.0, "nonfinite_step": family.step, "nonfinite_what": what})
+
+    ok = True
+    ran = False
+    while ok and not done():
+        ran = True
+        batches = 0
+        t_wait = time.perf_counter()
+        for batch in shard.iter_torch_batches(
+            batch_size=t.batch_size, dtypes=columns, device=device, drop_last=True, prefetch_batches=2
+        ):
+            wait_s = time.perf_counter() - t_wait
+            metrics = family.train_step(batch)
+            if faults.get("nan_at_step") is not None and family.step >= faults["nan_at_step"]:
+                metrics = {**metrics, "loss": float("nan")}
+            batches += 1
+            window.add(metrics, batch_items(batch), wait_s)
+            if comm.any(not _finite(metrics)):
+                bad = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+                stop_nonfinite({**window.summary(), **metrics}, f"loss is NaN/Inf at step {family.step}: {bad}")
+                ok = False
+                break
+            _maybe_kill(faults, family.step, rank)
+            step = family.step
+            is_last = t.epochs is None and step >= total_steps
+            do_eval = step % t.eval_every == 0 or is_last
+            do_ckpt = step % t.checkpoint_every == 0 or is_last
+            if do_eval:
+                evaluate()
+            if do_eval or do_ckpt or step % t.log_every == 0:
+                ok = report(checkpoint=do_ckpt)
+            if is_last or not ok:
+                break
+            t_wait = time.perf_counter()
+        if not ok or (t.epochs is None and family.step >= total_steps):
+            break  # a steps-run ends mid-epoch: no end_epoch (gd would step on a partial epoch)
+        if batches == 0:
+            raise RuntimeError(
+                f"worker {rank} got no full batch of {t.batch_size} rows from its training shard: "
+                "lower train.batch_size or use more data"
+            )
+        family.end_epoch()
+        epoch += 1
+        if t.epochs is not None:
+            evaluate()
+            ok = report(checkpoint=True)
+
+    if ok and not ran:
+        # resumed a run that had already finished: report once so it ends with metrics and a checkpoint
+        evaluate()
+        report(checkpoint=True)
+
+
+def _maybe_kill(faults: dict[str, Any], step: int, rank: int) -> None:
+    """Fault injection for tests: SIGKILL this worker once at a step (a marker file makes it once)."""
+    at = faults.get("kill_at_step")
+    if at is None or step != at or rank != faults.get("kill_rank", 0):
+        return
+    marker = Path(faults["marker"])
+    if marker.exists():
+        return
+    marker.write_text(str(step))
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,250 @@
+"""The public training API: `train()` for the CLI and jobs, `build_trainer()` for Tune.
+
+    result = train(load_config("jobs/configs/demo-rnn.yaml"))
+    print(result.bundle_path, result.metrics["val_loss"])
+
+`train` = connect/start Ray -> prepare the data (a no-op when already prepared) -> build a
+`TorchTrainer` around `loop.train_loop_per_worker` -> fit -> export a verified bundle from the
+last checkpoint into `<storage_path>/<run_name>/bundle`.
+
+Resume: Ray Train V2 keeps a checkpoint-manager snapshot under `<storage_path>/<run_name>`; a
+new `TorchTrainer` with the same RunConfig name and storage path restores it and the loop gets
+the latest checkpoint from `ray.train.get_checkpoint()`. So running `train` again with the same
+`train.run_name` continues (step, optimizer and schedule state); without a run_name every run
+gets a fresh timestamped name. `TorchTrainer(resume_from_checkpoint=...)` is deprecated in V2
+(it raises), so an explicit checkpoint (a PBT donor) travels in `train_loop_config` instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from creagen_ray.bundle import write_bundle
+from creagen_ray.config import ExperimentConfig
+from creagen_ray.families import Family, build_family
+from creagen_ray.training.checkpoint import load_ray_checkpoint
+from creagen_ray.training.loop import batch_columns, train_loop_per_worker
+from creagen_ray.training.progress import ProgressCallback
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because a loss (or the weights) became NaN/Inf; no checkpoint was written for it."""
+
+    def __init__(self, step: int, what: str, metrics: dict[str, Any], checkpoint: Any = None) -> None:
+        shown = {k: v for k, v in metrics.items() if k in ("loss", "loss_d", "loss_g", "lr", "step")}
+        last = f"; the last good checkpoint is {checkpoint.path}" if checkpoint is not None else ""
+        super().__init__(f"training diverged at step {step}: {what} (metrics {shown}){last}")
+        self.step = step
+        self.metrics = metrics
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run left behind."""
+
+    bundle_path: Path | None
+    metrics: dict[str, Any]
+    run_dir: str
+    checkpoint: Any  # ray.train.Checkpoint of the last checkpoint
+    family: Family | None = field(default=None, repr=False)
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    """cfg.train.run_name, else `<name>-<family>-<UTC timestamp>` (a fresh run)."""
+    if cfg.train.run_name:
+        return cfg.train.run_name
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.name}-{cfg.model.family}-{stamp}"
+
+
+def storage_uri(path: str) -> str:
+    """Local storage paths made absolute (Ray Train wants that); URIs (s3://, gs://) unchanged."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def connect_ray(address: str | None = None) -> None:
+    """Join Ray: `address` when given; else a running cluster (address="auto"); else a local one.
+
+    Never re-initializes when Ray is already up. `address="local"` always starts a private
+    local runtime (the demo uses that, so it never lands on someone else's cluster).
+    """
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address and address != "local":
+        ray.init(address=address)
+        return
+    if address is None:
+        try:
+            ray.init(address="auto")
+            return
+        except ConnectionError:
+            pass
+    ray.init(address="local", include_dashboard=False)
+
+
+def steps_per_epoch(cfg: ExperimentConfig, train_rows: int) -> int:
+    """Optimizer-step calls per epoch per worker: equal shards, full batches only (drop_last)."""
+    return (train_rows // cfg.train.num_workers) // cfg.train.batch_size
+
+
+def total_steps(cfg: ExperimentConfig, train_rows: int) -> int:
+    """Steps of the whole run: train.steps, or epochs x steps per epoch."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    per_epoch = steps_per_epoch(cfg, train_rows)
+    if per_epoch == 0:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} x num_workers={cfg.train.num_workers} exceeds the "
+            f"{train_rows} training rows: no full batch per epoch"
+        )
+    return cfg.train.epochs * per_epoch
+
+
+def item_unit(cfg: ExperimentConfig, prepared: Any) -> str:
+    """What throughput counts: tokens for text, images for images."""
+    return "tokens" if prepared.spec.modality == "text" else "images"
+
+
+def build_trainer(
+    cfg: ExperimentConfig,
+    prepared: Any,
+    *,
+    run_name: str,
+    storage_path: str | None = None,
+    callbacks: list[Any] | None = None,
+    resume_from_checkpoint: Any = None,
+    progress: bool = False,
+    faults: dict[str, Any] | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer running the generic loop on `prepared` data (Tune builds one per trial).
+
+    Same `run_name` + `storage_path` as an earlier run = resume from its latest checkpoint.
+    `resume_from_checkpoint` (a ray.train or ray.tune Checkpoint, or a path) seeds a run that has
+    no checkpoint of its own descending from it (PBT: the donor); after loading it, the loop
+    re-applies this cfg's optimizer settings (family.set_optimizer_hyperparameters).
+    `faults` is fault injection for tests only (see loop.py).
+    """
+    t = cfg.train
+    spec = prepared.spec
+    tokenizer = prepared.tokenizer
+    if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+        resume_from_checkpoint = ray.train.Checkpoint(str(resume_from_checkpoint))
+    elif resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint, ray.train.Checkpoint):
+        # ray.tune.Checkpoint and ray.train.Checkpoint are different classes in 2.60
+        resume_from_checkpoint = ray.train.Checkpoint(
+            resume_from_checkpoint.path, filesystem=resume_from_checkpoint.filesystem
+        )
+    loop_config = {
+        "cfg": cfg.model_dump(mode="json"),
+        "spec": spec.model_dump(mode="json"),
+        "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+        "total_steps": total_steps(cfg, prepared.num_rows("train")),
+        "data_path": str(prepared.path),
+        "resume_from": resume_from_checkpoint,
+        "faults": faults or {},
+    }
+    # only the columns the loop iterates (iter_torch_batches needs a dtype for every column)
+    datasets = {"train": prepared.train_dataset(list(batch_columns(spec)))}
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    cbs = list(callbacks or [])
+    if progress:
+        cbs.append(ProgressCallback(run_name, item_unit(cfg, prepared)))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_uri(storage_path or t.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            callbacks=cbs,
+        ),
+        datasets=datasets,
+    )
+
+
+def fit(trainer: TorchTrainer) -> ray.train.Result:
+    """trainer.fit(), raising NonFiniteLossError when the run stopped on a NaN/Inf loss."""
+    result = trainer.fit()
+    check_result(result)
+    return result
+
+
+def check_result(result: Any) -> None:
+    """Raise NonFiniteLossError if the run's last report says it diverged (Tune calls this too)."""
+    m = result.metrics or {}
+    if m.get("nonfinite"):
+        raise NonFiniteLossError(int(m.get("nonfinite_step", -1)), str(m.get("nonfinite_what")), m, result.checkpoint)
+
+
+def family_from_checkpoint(checkpoint: Any, cfg: ExperimentConfig, prepared: Any) -> Family:
+    """Rebuild the family on the CPU from a training checkpoint (driver side, for the bundle)."""
+    state = load_ray_checkpoint(checkpoint)
+    steps = total_steps(cfg, prepared.num_rows("train"))
+    family = build_family(cfg, prepared.spec, device="cpu", total_steps=steps, tokenizer=prepared.tokenizer)
+    family.load_state_dict(state["family"])
+    family.train(False)
+    return family
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The finite numbers and short strings of a report (what a bundle's metrics.json keeps)."""
+    out: dict[str, Any] = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, bool) or isinstance(v, int):
+            out[k] = v
+        elif isinstance(v, float) and math.isfinite(v):
+            out[k] = v
+        elif isinstance(v, str) and len(v) < 200:
+            out[k] = v
+    return out
+
+
+def local_run_dir(storage_path: str, run_name: str) -> Path:
+    """Where the bundle goes: the run's folder for local storage, ./runs/<run> for remote URIs."""
+    base = Path("runs") if "://" in storage_path else Path(storage_uri(storage_path))
+    return base / run_name
+
+
+def train(
+    cfg: ExperimentConfig,
+    address: str | None = None,
+    *,
+    progress: bool = True,
+    run_name: str | None = None,
+    callbacks: list[Any] | None = None,
+    faults: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Prepare data, train with Ray Train (DDP), and export a verified bundle; see the module doc."""
+    from creagen_ray.data import prepare_data
+
+    connect_ray(address)
+    prepared = prepare_data(cfg.data, storage_path=cfg.train.storage_path)
+    name = run_name or default_run_name(cfg)
+    trainer = build_trainer(
+        cfg, prepared, run_name=name, callbacks=callbacks, progress=progress, faults=faults
+    )
+    result = fit(trainer)
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {name} finished without a checkpoint; nothing to export")
+    family = family_from_checkpoint(result.checkpoint, cfg, prepared)
+    metrics = {**scalar_metrics(result.metrics), "run_name": name}
+    run_dir = local_run_dir(cfg.train.storage_path, name)
+    bundle = write_bundle(family, run_dir / "bundle", metrics, prepared.manifest)
+    return TrainResult(bundle, metrics, str(result.path), result.checkpoint, family)
