@@ -1,0 +1,287 @@
+"""The HTTP API (FastAPI): request/response models, limits, errors, and the routes.
+
+`build_api(store, backend, config)` is used twice: inside the Serve ingress deployment (the
+backend forwards to the family deployments) and by the benchmark's plain uvicorn baseline (the
+backend runs the model in-process). Request bodies subclass the config tree's request models, so
+the caps in `creagen_ray/config.py` are the API's caps; a bad value is a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+from typing import Any, AsyncIterator, Literal, Protocol
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from creagen_ray.bundle import BundleError
+from creagen_ray.config import ImageRequest, InterpolateRequest, Strict, TextRequest
+from creagen_ray.images import decode_png, png_bytes
+from creagen_ray.serving.settings import ServeConfig
+from creagen_ray.serving.store import MODEL_ID_PATTERN, BundleStore, ModelInfo, StoreError
+
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+
+
+class Backend(Protocol):
+    """Where the API sends validated requests (Serve handles, or an in-process model)."""
+
+    async def generate(self, model_id: str, request: Any) -> Any: ...
+    def stream(self, model_id: str, request: TextRequest) -> AsyncIterator[str]: ...
+    async def reconstruct(self, model_id: str, x: torch.Tensor) -> torch.Tensor: ...
+    async def stats(self) -> dict[str, Any]: ...
+
+
+# ------------------------------------------------------------------------------------------------
+# request and response bodies
+
+ModelId = Field(..., pattern=MODEL_ID_PATTERN, max_length=128, description="a served model id (GET /v1/models)")
+
+
+class TextBody(TextRequest):
+    """POST /v1/text/generate: a TextRequest plus the model and whether to stream (SSE)."""
+
+    model: str = ModelId
+    stream: bool = Field(False, description="server-sent events, one per produced piece of text (n must be 1)")
+
+
+class ImageBody(ImageRequest):
+    """POST /v1/images/generate."""
+
+    model: str = ModelId
+    format: Literal["png", "json"] = Field("png", description="png: one PNG grid; json: base64 PNG per image")
+
+
+class InterpolateBody(InterpolateRequest):
+    """POST /v1/images/interpolate: a latent walk between two seeds' draws."""
+
+    model: str = ModelId
+    format: Literal["png", "json"] = "png"
+
+
+class ReconstructBody(Strict):
+    """POST /v1/images/reconstruct (VAE): a base64 PNG in, its reconstruction out."""
+
+    model: str = ModelId
+    image: str = Field(..., min_length=1, description="base64-encoded PNG")
+    format: Literal["png", "json"] = "png"
+
+
+class TextResponse(BaseModel):
+    """n continuations of the prompt (the prompt is not repeated)."""
+
+    model: str
+    texts: list[str]
+
+
+class ImagesResponse(BaseModel):
+    """Images as base64 PNGs (format=json)."""
+
+    model: str
+    width: int
+    height: int
+    channels: int
+    images: list[str]
+
+
+class ModelsResponse(BaseModel):
+    """GET /v1/models: the served bundles, and ids of bundles refused because they did not verify."""
+
+    models: list[ModelInfo]
+    rejected: list[str]
+
+
+def request_of(body: BaseModel, kind: type[BaseModel]) -> Any:
+    """The plain config-tree request inside an API body (what the family receives)."""
+    return kind.model_validate(body.model_dump(include=set(kind.model_fields)))
+
+
+def field_error(field: str, msg: str, value: Any = None) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, naming one body field."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", field), "msg": msg, "input": value}])
+
+
+def require(info: ModelInfo, capability: str) -> None:
+    """400 unless the model's family can answer this endpoint."""
+    if capability not in info.capabilities:
+        raise CapabilityError(f"model {info.id!r} ({info.family}) cannot do {capability!r}; it offers {info.capabilities}")
+
+
+class CapabilityError(ValueError):
+    """The endpoint is valid but this model's family cannot answer it (HTTP 400)."""
+
+
+def image_response(model_id: str, images: torch.Tensor, fmt: str, nrow: int | None = None) -> Response:
+    """Images [N, C, H, W] in [0, 1] as one PNG grid, or JSON with one base64 PNG each."""
+    if fmt == "png":
+        return Response(png_bytes(images, nrow), media_type="image/png")
+    n, c, h, w = images.shape
+    pngs = [base64.b64encode(png_bytes(images[i : i + 1])).decode("ascii") for i in range(n)]
+    return JSONResponse(ImagesResponse(model=model_id, width=w, height=h, channels=c, images=pngs).model_dump())
+
+
+def sse(event: str | None, data: dict[str, Any]) -> bytes:
+    """One server-sent event."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n".encode()
+
+
+# ------------------------------------------------------------------------------------------------
+# ASGI middlewares: run before FastAPI parses anything
+
+
+async def _reply(send: Any, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """API key (401) and body size (413) checks, before routing or parsing the body."""
+
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.api_key and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"x-api-key", b"")
+            if not hmac.compare_digest(given, self.api_key.encode()):
+                return await _reply(send, 401, "missing or wrong X-API-Key header")
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body_bytes:
+                return await _reply(send, 413, f"request body over {self.max_body_bytes} bytes")
+            return await self.app(scope, receive, send)
+        # no length (chunked): read up to the limit first, then replay the body
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                break
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if size > self.max_body_bytes:
+                return await _reply(send, 413, f"request body over {self.max_body_bytes} bytes")
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+# ------------------------------------------------------------------------------------------------
+# the app
+
+
+def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> FastAPI:
+    """The FastAPI app: routes, error mapping and guards over `backend` for the bundles in `store`."""
+    api = FastAPI(
+        title="creagen-ray",
+        version="1",
+        description="Generate text and images from trained RNN, VAE and GAN bundles.",
+    )
+
+    @api.exception_handler(StoreError)
+    async def _store_error(_: Request, e: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=e.status)
+
+    @api.exception_handler(BundleError)
+    async def _bundle_error(_: Request, e: BundleError) -> JSONResponse:
+        return JSONResponse({"detail": f"bundle failed verification, not served: {e}"}, status_code=409)
+
+    @api.exception_handler(CapabilityError)
+    async def _capability_error(_: Request, e: CapabilityError) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness: answers while the ingress runs."""
+        return {"status": "ok", "models": len(store.models)}
+
+    @api.get("/v1/models", response_model=ModelsResponse)
+    async def models() -> ModelsResponse:
+        """The served bundles with family, modality, capabilities and training metrics."""
+        return ModelsResponse(models=list(store.models.values()), rejected=sorted(store.rejected))
+
+    @api.get("/v1/stats")
+    async def stats() -> dict[str, Any]:
+        """Batch sizes seen by the batch handlers (per family) and live batching settings."""
+        return await backend.stats()
+
+    @api.post("/v1/text/generate", response_model=TextResponse)
+    async def text_generate(body: TextBody) -> Any:
+        """Sample text; with stream=true, server-sent events as the text is produced."""
+        info = store.get(body.model)
+        require(info, "text")
+        if info.vocab is not None:
+            bad = sorted(set(body.prompt) - set(info.vocab))
+            if bad:
+                raise field_error("prompt", f"characters not in the model's vocabulary: {bad[:10]}", body.prompt[:64])
+        req: TextRequest = request_of(body, TextRequest)
+        if not body.stream:
+            return TextResponse(model=info.id, texts=await backend.generate(info.id, req))
+        if req.n != 1:
+            raise field_error("n", "stream=true produces one sample; use n=1", req.n)
+        return StreamingResponse(_events(backend.stream(info.id, req)), media_type="text/event-stream")
+
+    @api.post("/v1/images/generate", responses={200: {"content": {"image/png": {}}}})
+    async def images_generate(body: ImageBody) -> Response:
+        """n images from the prior: a PNG grid, or base64 PNGs in JSON."""
+        info = store.get(body.model)
+        require(info, "image")
+        images = await backend.generate(info.id, request_of(body, ImageRequest))
+        return await asyncio.to_thread(image_response, info.id, images, body.format)
+
+    @api.post("/v1/images/interpolate", responses={200: {"content": {"image/png": {}}}})
+    async def images_interpolate(body: InterpolateBody) -> Response:
+        """A latent walk (VAE, GAN) between two seeds' draws, as one row of a PNG or JSON."""
+        info = store.get(body.model)
+        require(info, "interpolate")
+        images = await backend.generate(info.id, request_of(body, InterpolateRequest))
+        return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps)
+
+    @api.post("/v1/images/reconstruct", responses={200: {"content": {"image/png": {}}}})
+    async def images_reconstruct(body: ReconstructBody) -> Response:
+        """A VAE's reconstruction of a base64 PNG (resized to the model's image size)."""
+        info = store.get(body.model)
+        require(info, "reconstruct")
+        try:
+            raw = base64.b64decode(body.image, validate=True)
+            x = decode_png(raw, int(info.spec["channels"]), int(info.spec["image_size"]))
+        except (binascii.Error, ValueError, OSError) as e:  # Pillow raises OSError subclasses
+            raise field_error("image", f"not a base64-encoded PNG image: {e}") from None
+        images = await backend.reconstruct(info.id, x)
+        return await asyncio.to_thread(image_response, info.id, images, body.format)
+
+    api.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    return api
+
+
+async def _events(pieces: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    """SSE stream: `data: {"text": ...}` per piece, then `event: done`, or `event: error`."""
+    try:
+        async for piece in pieces:
+            yield sse(None, {"text": piece})
+    except Exception as e:  # headers are gone: report in-band
+        yield sse("error", {"detail": str(e)})
+        return
+    yield sse("done", {})

@@ -1,0 +1,73 @@
+"""The serving config: which bundles, limits, and per-family Serve deployment settings.
+
+`creagen serve`, `serve/config.yaml` (as the application's `args`) and the benchmark all build a
+`ServeConfig`; every Serve option the app uses comes from here, never from a raw dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from creagen_ray.config import Strict
+
+
+class BatchSettings(Strict):
+    """Dynamic batching (`@serve.batch`); the deployment's `user_config`, so it changes live."""
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="requests per model call")
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0, description="wait for a fuller batch")
+
+
+class AutoscalingSettings(Strict):
+    """Ray Serve `autoscaling_config` of one family deployment."""
+
+    min_replicas: int = Field(1, ge=0, le=64)
+    max_replicas: int = Field(2, ge=1, le=64)
+    target_ongoing_requests: float = Field(4.0, gt=0.0, description="per replica, before scaling up")
+    upscale_delay_s: float = Field(3.0, ge=0.0)
+    downscale_delay_s: float = Field(5.0, ge=0.0)
+    look_back_period_s: float = Field(12.0, gt=10.0, description="Ray 2.60 wants > the 10 s metrics interval")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingSettings":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas={self.max_replicas} < min_replicas={self.min_replicas}")
+        return self
+
+
+class FamilySettings(Strict):
+    """One family deployment: replicas, batching, multiplexing cache, CPU share."""
+
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    max_ongoing_requests: int = Field(64, ge=1, description="per replica; keep >= max_batch_size")
+    max_num_models_per_replica: int = Field(4, ge=1, description="LRU bound of loaded bundles per replica")
+    num_cpus: float = Field(0.5, ge=0.0)
+
+    def deployment_options(self) -> dict[str, Any]:
+        """The `Deployment.options(...)` of this family's deployment."""
+        return {
+            "autoscaling_config": self.autoscaling.model_dump(),
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "user_config": self.batch.model_dump(),
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+        }
+
+
+class ServeConfig(Strict):
+    """Everything the serving app needs: bundle sources, HTTP limits, per-family deployments."""
+
+    bundles: list[str] = Field(..., min_length=1, description="bundle dirs, or folders holding bundles")
+    api_key: str | None = Field(None, min_length=1, description="when set, requests need X-API-Key")
+    max_body_bytes: int = Field(2 * 2**20, ge=1024, description="larger request bodies get 413")
+    ingress_max_ongoing_requests: int = Field(256, ge=1)
+    ingress_num_cpus: float = Field(0.1, ge=0.0)
+    rnn: FamilySettings = Field(default_factory=FamilySettings)
+    vae: FamilySettings = Field(default_factory=FamilySettings)
+    gan: FamilySettings = Field(default_factory=FamilySettings)
+
+    def family(self, name: str) -> FamilySettings:
+        """The settings of the deployment serving family `name`."""
+        return getattr(self, name)

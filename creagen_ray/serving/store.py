@@ -1,0 +1,157 @@
+"""The bundle store: which verified bundles are served, under which model ids, from where.
+
+A source is a bundle directory (its id is the directory name) or a folder holding bundles. Every
+bundle is verified (sha256 of each file) when the store is scanned; one that fails is never
+served and is remembered with the reason. A model id is a plain name ([A-Za-z0-9_.-], no leading
+dot) and resolves only to a catalog entry whose real path lies inside its source folder, so no id
+can reach a path outside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, Field
+
+from creagen_ray.bundle import MANIFEST, BundleError, verify_bundle
+from creagen_ray.config import DataSpec, validate_config
+from creagen_ray.families import build_family
+from creagen_ray.tokenizer import tokenizer_from_dict
+
+log = logging.getLogger(__name__)
+
+MODEL_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+
+
+class StoreError(LookupError):
+    """A model id that cannot be served; `status` is the HTTP status it maps to."""
+
+    status = 404
+
+
+class InvalidModelId(StoreError):
+    """An id that is not a plain bundle name (traversal, separators, too long)."""
+
+    status = 422
+
+
+class UnknownModel(StoreError):
+    """No verified bundle has this id."""
+
+    status = 404
+
+
+class RejectedModel(StoreError):
+    """A bundle with this id exists but failed verification, so it is not served."""
+
+    status = 409
+
+
+class ModelInfo(BaseModel):
+    """What the API says about a served bundle (and what the ingress needs to route it)."""
+
+    id: str
+    family: str
+    modality: str
+    capabilities: list[str]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    path: str = Field(..., exclude=True)
+    vocab: list[str] | None = Field(None, exclude=True, description="char vocab: prompts must stay inside it")
+
+
+def check_model_id(model_id: str) -> str:
+    """Return the id when it is a plain bundle name, else raise InvalidModelId."""
+    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id):
+        raise InvalidModelId(f"invalid model id {model_id!r}: use 1-128 of [A-Za-z0-9_.-], not starting with '.'")
+    return model_id
+
+
+def inside(root: Path, candidate: Path) -> bool:
+    """True when `candidate` (symlinks resolved) lies inside `root` (resolved)."""
+    return candidate.resolve().is_relative_to(root.resolve())
+
+
+def read_info(model_id: str, path: Path) -> ModelInfo:
+    """Verify a bundle and describe it without loading its weights (capabilities via a meta-device build)."""
+    manifest = verify_bundle(path)
+    try:
+        cfg = validate_config(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
+        spec = DataSpec.model_validate_json((path / "spec.json").read_text(encoding="utf-8"))
+        tok_file = path / "tokenizer.json"
+        tok = tokenizer_from_dict(json.loads(tok_file.read_text())) if tok_file.is_file() else None
+        metrics_file = path / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        family = build_family(cfg, spec, device="meta", tokenizer=tok)  # no memory for weights
+    except (ValueError, TypeError, yaml.YAMLError) as e:
+        raise BundleError(f"{path}: invalid bundle contents: {e}") from None
+    if manifest.get("family") != family.name:
+        raise BundleError(f"{path}: manifest family {manifest.get('family')!r} != config {family.name!r}")
+    return ModelInfo(
+        id=model_id,
+        family=family.name,
+        modality=spec.modality,
+        capabilities=sorted(family.capabilities),
+        metrics=metrics,
+        spec=spec.model_dump(exclude_none=True),
+        path=str(path.resolve()),
+        vocab=getattr(tok, "chars", None),
+    )
+
+
+class BundleStore:
+    """The served catalog: model id -> verified ModelInfo, plus ids rejected with a reason."""
+
+    def __init__(self, models: dict[str, ModelInfo], rejected: dict[str, str]) -> None:
+        self.models = models
+        self.rejected = rejected
+
+    @classmethod
+    def scan(cls, sources: Iterable[str | Path]) -> "BundleStore":
+        """Verify every bundle under `sources`; a bad one is logged and remembered, never served."""
+        models: dict[str, ModelInfo] = {}
+        rejected: dict[str, str] = {}
+        for source in sources:
+            src = Path(source).expanduser()
+            if not src.is_dir():
+                raise FileNotFoundError(f"bundle source {src} is not a directory")
+            if (src / MANIFEST).is_file():  # one bundle: its folder is the store
+                root, entries = src.parent, [src]
+            else:
+                root, entries = src, sorted(p for p in src.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+            for path in entries:
+                model_id = path.name
+                try:
+                    check_model_id(model_id)
+                    if not inside(root, path):
+                        raise BundleError(f"{path} resolves outside the store {root}")
+                    if model_id in models or model_id in rejected:
+                        raise BundleError(f"duplicate model id {model_id!r} ({path}); keeping the first")
+                    models[model_id] = read_info(model_id, path)
+                except (BundleError, StoreError) as e:
+                    log.warning("not serving bundle %s: %s", path, e)
+                    if model_id not in models:
+                        rejected.setdefault(model_id, str(e))
+        return cls(models, rejected)
+
+    def get(self, model_id: str) -> ModelInfo:
+        """The verified bundle served as `model_id`, or a StoreError saying why not."""
+        check_model_id(model_id)
+        if model_id in self.models:
+            return self.models[model_id]
+        if model_id in self.rejected:
+            raise RejectedModel(f"model {model_id!r} is not served: {self.rejected[model_id]}")
+        raise UnknownModel(f"unknown model {model_id!r}; served: {sorted(self.models)}")
+
+    def families(self) -> dict[str, dict[str, str]]:
+        """family -> {model id: bundle path}: what each family deployment may load."""
+        out: dict[str, dict[str, str]] = {}
+        for info in self.models.values():
+            out.setdefault(info.family, {})[info.id] = info.path
+        return out
