@@ -1,0 +1,45 @@
+"""`creagen serve BUNDLE_OR_DIR...`: Ray (local if none is running), Serve on HOST:PORT, block until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from creagen_ray.serving.app import build_app
+from creagen_ray.serving.settings import ServeConfig
+
+APP_NAME = "creagen"
+
+
+def start_serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Start Ray (if needed) and Serve, deploy the app for `config`; returns the base URL."""
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        package_root = str(Path(__file__).resolve().parents[2])  # replicas import creagen_ray from here too
+        pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            include_dashboard=False,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        )
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def serve_forever(bundles: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> int:
+    """Serve `bundles` until Ctrl-C, then shut Serve down; the CLI's exit code."""
+    url = start_serve(ServeConfig(bundles=bundles, api_key=api_key), host, port)
+    print(f"creagen serving at {url}  (models: {url}/v1/models, docs: {url}/docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        serve.shutdown()
+    return 0

@@ -1,0 +1,62 @@
+"""Tiny real bundles for the serving tests: families built and trained a few dozen steps in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from creagen_ray.bundle import write_bundle
+from creagen_ray.config import DataConfig, DataSpec, ExperimentConfig, TrainConfig
+from creagen_ray.families import build_family
+from creagen_ray.tokenizer import CharTokenizer
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 40
+IMAGE_SIZE = 16
+
+
+def text_bundle(out: Path, steps: int = 30, seq_len: int = 32) -> Path:
+    """A small char GRU trained `steps` steps on a pangram; vocab = the pangram's characters."""
+    tok = CharTokenizer.fit(TEXT)
+    cfg = ExperimentConfig(
+        name="tiny-rnn",
+        data=DataConfig(modality="text", seq_len=seq_len),
+        model={"family": "rnn", "embed_dim": 16, "hidden_size": 32, "num_layers": 1},
+        train=TrainConfig(steps=steps, batch_size=16),
+    )
+    spec = DataSpec(modality="text", vocab_size=tok.vocab_size, seq_len=seq_len)
+    family = build_family(cfg, spec, total_steps=steps, tokenizer=tok)
+    ids = torch.tensor(tok.encode(TEXT))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq_len - 1, (16,), generator=g)
+        family.train_step({"tokens": torch.stack([ids[s : s + seq_len + 1] for s in starts])})
+    return write_bundle(family, out, metrics={"loss": 1.0, "steps": steps})
+
+
+def shapes(n: int, seed: int = 0) -> torch.Tensor:
+    """n uint8 images [n, 1, 16, 16]: one bright axis-aligned rectangle each."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    for i in range(n):
+        r0, c0 = torch.randint(0, 8, (2,), generator=g).tolist()
+        h, w = torch.randint(4, 8, (2,), generator=g).tolist()
+        x[i, 0, r0 : r0 + h, c0 : c0 + w] = 255
+    return x
+
+
+def image_bundle(out: Path, family_name: str, steps: int = 20) -> Path:
+    """A small conv VAE or DCGAN on 16x16 rectangles, trained `steps` steps."""
+    model = {"family": family_name, "latent_dim": 8}
+    model.update({"base_channels": 8} if family_name == "vae" else {"g_channels": 8, "d_channels": 8})
+    cfg = ExperimentConfig(
+        name=f"tiny-{family_name}",
+        data=DataConfig(modality="image", image_size=IMAGE_SIZE, channels=1),
+        model=model,
+        train=TrainConfig(steps=steps, batch_size=16),
+    )
+    spec = DataSpec(modality="image", channels=1, image_size=IMAGE_SIZE)
+    family = build_family(cfg, spec, total_steps=steps)
+    for i in range(steps):
+        family.train_step({"image": shapes(16, seed=i)})
+    return write_bundle(family, out, metrics={"loss": 0.5, "steps": steps})

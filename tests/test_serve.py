@@ -1,0 +1,285 @@
+"""Ray Serve end to end on loopback: three real bundles, real HTTP (httpx), one deployment per module.
+
+Checks: every endpoint's content (PNG sizes, vocab), seeded reproducibility, SSE streaming that
+starts before generation ends, dynamic batching under 16 concurrent clients, and 4xx (never 5xx)
+for bad input, with the service still answering afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from _serve_bundles import IMAGE_SIZE, TEXT, image_bundle, shapes, text_bundle
+from creagen_ray.images import png_bytes
+from creagen_ray.serving.client import CreagenClient, CreagenHTTPError
+
+pytestmark = pytest.mark.slow
+API_KEY = "test-key"
+VOCAB = set(TEXT)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (never Serve's default 8000)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle store: rnn, vae, gan, a tampered copy, and a symlink escaping the store."""
+    root = tmp_path_factory.mktemp("store")
+    text_bundle(root / "rnn", steps=20)
+    image_bundle(root / "vae", "vae", steps=10)
+    image_bundle(root / "gan", "gan", steps=10)
+    shutil.copytree(root / "rnn", root / "tampered")
+    with open(root / "tampered" / "weights.safetensors", "r+b") as f:  # flip one byte of the weights
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    outside = tmp_path_factory.mktemp("outside")
+    shutil.copytree(root / "gan", outside / "gan2")
+    (root / "escape").symlink_to(outside / "gan2", target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def url(ray_cluster, store: Path):
+    """Serve on a free loopback port with an API key; shut down after the module."""
+    from ray import serve
+
+    from creagen_ray.serving.app import build_app
+    from creagen_ray.serving.settings import ServeConfig
+
+    family = {
+        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+        "num_cpus": 0.25,
+    }
+    cfg = ServeConfig(bundles=[str(store)], api_key=API_KEY, max_body_bytes=256 * 1024, rnn=family, vae=family, gan=family)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg), name="creagen", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http(url: str):
+    """An httpx client that sends the API key."""
+    with httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=120) as c:
+        yield c
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG bytes, decoded by Pillow."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    assert img.format == "PNG"
+    return img.size
+
+
+def grid_side(k: int, side: int = IMAGE_SIZE, pad: int = 2) -> int:
+    """Pixels across k images of a padded grid row."""
+    return k * (side + pad) + pad
+
+
+def test_models_health_and_rejected_bundles(http: httpx.Client, url: str) -> None:
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"  # open without the key
+    body = http.get("/v1/models").json()
+    by_id = {m["id"]: m for m in body["models"]}
+    assert set(by_id) == {"rnn", "vae", "gan"}
+    assert by_id["rnn"]["family"] == "rnn" and by_id["rnn"]["modality"] == "text"
+    assert by_id["vae"]["capabilities"] == ["image", "interpolate", "reconstruct"]
+    assert by_id["gan"]["metrics"]["steps"] == 10
+    assert "path" not in by_id["gan"]
+    assert set(body["rejected"]) == {"tampered", "escape"}  # bad sha256; outside the store
+    for model in ("tampered", "escape"):
+        r = http.post("/v1/images/generate", json={"model": model, "n": 1})
+        assert r.status_code == 409, r.text
+    assert http.get("/docs").status_code == 200
+    assert "/v1/text/generate" in http.get("/openapi.json").json()["paths"]
+
+
+def test_text_in_vocab_and_seeded(http: httpx.Client) -> None:
+    body = {"model": "rnn", "prompt": "the ", "max_new_tokens": 40, "seed": 7, "n": 3}
+    first = http.post("/v1/text/generate", json=body).json()["texts"]
+    assert len(first) == 3 and all(len(t) == 40 for t in first)
+    assert set("".join(first)) <= VOCAB
+    assert http.post("/v1/text/generate", json=body).json()["texts"] == first
+    other = http.post("/v1/text/generate", json={**body, "seed": 8}).json()["texts"]
+    assert other != first
+    one = http.post("/v1/text/generate", json={**body, "n": 1}).json()["texts"][0]
+    stop = one[10:12]
+    cut = http.post("/v1/text/generate", json={**body, "n": 1, "stop": [stop]}).json()["texts"][0]
+    assert cut == one[: one.index(stop)]
+
+
+def test_images_png_json_and_seeded(http: httpx.Client) -> None:
+    for model in ("gan", "vae"):
+        r = http.post("/v1/images/generate", json={"model": model, "n": 4, "seed": 3})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert png_size(r.content) == (grid_side(2), grid_side(2))
+        again = http.post("/v1/images/generate", json={"model": model, "n": 4, "seed": 3}).content
+        assert again == r.content
+        assert http.post("/v1/images/generate", json={"model": model, "n": 4, "seed": 4}).content != r.content
+    one = http.post("/v1/images/generate", json={"model": "gan", "n": 1, "seed": 3}).content
+    assert png_size(one) == (IMAGE_SIZE, IMAGE_SIZE)
+    js = http.post("/v1/images/generate", json={"model": "gan", "n": 3, "seed": 3, "format": "json"}).json()
+    assert (js["width"], js["height"], js["channels"], len(js["images"])) == (IMAGE_SIZE, IMAGE_SIZE, 1, 3)
+    assert all(png_size(base64.b64decode(b)) == (IMAGE_SIZE, IMAGE_SIZE) for b in js["images"])
+
+
+def test_interpolate_and_reconstruct(http: httpx.Client) -> None:
+    for model in ("gan", "vae"):
+        r = http.post("/v1/images/interpolate", json={"model": model, "seed_a": 1, "seed_b": 2, "steps": 5})
+        assert r.status_code == 200, r.text
+        assert png_size(r.content) == (grid_side(5), grid_side(1))
+    src = base64.b64encode(png_bytes(shapes(1).float() / 255)).decode()
+    r = http.post("/v1/images/reconstruct", json={"model": "vae", "image": src})
+    assert r.status_code == 200, r.text
+    assert png_size(r.content) == (IMAGE_SIZE, IMAGE_SIZE)
+    assert http.post("/v1/images/reconstruct", json={"model": "gan", "image": src}).status_code == 400
+
+
+def test_stream_first_event_before_generation_ends(http: httpx.Client) -> None:
+    body = {"model": "rnn", "prompt": "the ", "max_new_tokens": 2048, "seed": 5, "stream": True}
+    start = time.perf_counter()
+    first_at, pieces, events = None, [], []
+    with http.stream("POST", "/v1/text/generate", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                events.append(line.split(":", 1)[1].strip())
+            elif line.startswith("data:"):
+                first_at = first_at or time.perf_counter() - start
+                data = json.loads(line[5:])
+                if "text" in data:
+                    pieces.append(data["text"])
+    total = time.perf_counter() - start
+    assert events == ["done"]
+    assert len(pieces) > 1 and set("".join(pieces)) <= VOCAB
+    assert first_at < 0.5 * total, (first_at, total)
+    whole = http.post("/v1/text/generate", json={**body, "stream": False}).json()["texts"][0]
+    assert "".join(pieces) == whole  # streaming and batch decoding agree for a seed
+
+
+def test_concurrent_requests_are_batched(url: str) -> None:
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": API_KEY}, timeout=120) as c:
+            images = [c.post("/v1/images/generate", json={"model": "gan", "n": 2, "seed": i}) for i in range(16)]
+            texts = [c.post("/v1/text/generate", json={"model": "rnn", "max_new_tokens": 30, "seed": i}) for i in range(16)]
+            return await asyncio.gather(*images, *texts)
+
+    rs = asyncio.run(burst())
+    assert [r.status_code for r in rs] == [200] * 32
+    assert len({r.content for r in rs[:16]}) == 16  # each request kept its own seed inside a batch
+    stats = httpx.get(f"{url}/v1/stats", headers={"X-API-Key": API_KEY}).json()["families"]
+    assert max(int(k) for k in stats["gan"]["batch_sizes"]["image"]) > 1, stats
+    assert max(int(k) for k in stats["rnn"]["batch_sizes"]["text"]) > 1, stats
+    assert stats["gan"]["max_batch_size"] == 8
+
+
+BAD = [
+    ("/v1/text/generate", {"model": "rnn", "n": "many"}, 422, "n"),
+    ("/v1/text/generate", {"model": "rnn", "temperature": -1}, 422, "temperature"),
+    ("/v1/text/generate", {"model": "rnn", "top_p": 2}, 422, "top_p"),
+    ("/v1/text/generate", {"model": "rnn", "max_new_tokens": 10**6}, 422, "max_new_tokens"),
+    ("/v1/text/generate", {"model": "rnn", "n": 10**6}, 422, "n"),
+    ("/v1/text/generate", {"model": "rnn", "prompt": "a" * 5000}, 422, "prompt"),
+    ("/v1/text/generate", {"model": "rnn", "prompt": "XYZ"}, 422, "prompt"),
+    ("/v1/text/generate", {"model": "rnn", "stream": True, "n": 2}, 422, "n"),
+    ("/v1/text/generate", {"model": "rnn", "bogus": 1}, 422, "bogus"),
+    ("/v1/text/generate", {"prompt": "the"}, 422, "model"),
+    ("/v1/images/generate", {"model": "gan", "n": 10**4}, 422, "n"),
+    ("/v1/images/generate", {"model": "gan", "seed": -1}, 422, "seed"),
+    ("/v1/images/generate", {"model": "gan", "format": "gif"}, 422, "format"),
+    ("/v1/images/interpolate", {"model": "gan", "steps": 1}, 422, "steps"),
+    ("/v1/images/reconstruct", {"model": "vae", "image": "not base64!"}, 422, "image"),
+    ("/v1/images/reconstruct", {"model": "vae", "image": base64.b64encode(b"GIF89a").decode()}, 422, "image"),
+    ("/v1/images/generate", {"model": "nope", "n": 1}, 404, None),
+    ("/v1/images/generate", {"model": "../x", "n": 1}, 422, "model"),
+    ("/v1/images/generate", {"model": "..", "n": 1}, 422, "model"),
+    ("/v1/images/generate", {"model": "a/b", "n": 1}, 422, "model"),
+    ("/v1/images/generate", {"model": "/etc/passwd", "n": 1}, 422, "model"),
+    ("/v1/images/generate", {"model": "rnn", "n": 1}, 400, None),
+    ("/v1/text/generate", {"model": "gan"}, 400, None),
+    ("/v1/images/interpolate", {"model": "rnn"}, 400, None),
+]
+
+
+@pytest.mark.parametrize("path,body,status,field", BAD, ids=[f"{p.split('/')[-1]}-{i}" for i, (p, *_) in enumerate(BAD)])
+def test_bad_requests_are_4xx(http: httpx.Client, path: str, body: dict, status: int, field: str | None) -> None:
+    r = http.post(path, json=body)
+    assert r.status_code == status, r.text
+    if field is not None:
+        assert any(e["loc"][-1] == field for e in r.json()["detail"]), r.text
+
+
+def test_transport_level_errors_then_still_serving(http: httpx.Client, url: str) -> None:
+    ok = {"model": "rnn", "max_new_tokens": 5}
+    assert httpx.post(f"{url}/v1/text/generate", json=ok).status_code == 401  # no key
+    assert httpx.post(f"{url}/v1/text/generate", json=ok, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    big = {"model": "rnn", "prompt": "a" * (300 * 1024)}
+    assert http.post("/v1/text/generate", json=big).status_code == 413
+    chunked = http.post("/v1/text/generate", content=iter([b"{", b" " * (300 * 1024), b"}"]))
+    assert chunked.status_code == 413
+    assert http.post("/v1/text/generate", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert http.get("/v1/nowhere").status_code == 404
+    assert http.get("/healthz").status_code == 200
+    assert http.post("/v1/text/generate", json=ok).status_code == 200
+
+
+def test_python_client_and_cli_url_mode(url: str, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from creagen_ray.cli import main
+
+    with CreagenClient(url, api_key=API_KEY) as c:
+        assert {m["id"] for m in c.models()} == {"rnn", "vae", "gan"}
+        assert "".join(c.stream_text("rnn", "the ", max_new_tokens=20, seed=1)) == c.text("rnn", "the ", max_new_tokens=20, seed=1)[0]
+        assert png_size(c.interpolate("vae", steps=3)) == (grid_side(3), grid_side(1))
+        with pytest.raises(CreagenHTTPError) as e:
+            c.images("nope")
+        assert e.value.status == 404
+    out = tmp_path / "grid.png"
+    args = ["generate", "--url", url, "--api-key", API_KEY, "--model", "gan", "--n", "9", "--seed", "1", "--out", str(out)]
+    assert main(args) == 0
+    assert png_size(out.read_bytes()) == (grid_side(3), grid_side(3))
+    args = ["generate", "--url", url, "--api-key", API_KEY, "--model", "rnn", "--prompt", "the ", "--n", "1", "--max-new-tokens", "25"]
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("the ") and set(printed.strip()) <= VOCAB
+
+
+def test_live_batch_reconfigure(url: str) -> None:
+    """reconfigure (what a new user_config calls) changes the batch size on the running replica."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("gan", app_name="creagen")
+    handle.reconfigure.remote({"max_batch_size": 2, "batch_wait_timeout_s": 0.05}).result()
+    stats = httpx.get(f"{url}/v1/stats", headers={"X-API-Key": API_KEY}).json()["families"]["gan"]
+    assert stats["max_batch_size"] == 2
+    before = dict(stats["batch_sizes"]["image"])
+
+    async def burst() -> None:
+        async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": API_KEY}, timeout=120) as c:
+            await asyncio.gather(*(c.post("/v1/images/generate", json={"model": "gan", "n": 1}) for _ in range(12)))
+
+    asyncio.run(burst())
+    after = httpx.get(f"{url}/v1/stats", headers={"X-API-Key": API_KEY}).json()["families"]["gan"]["batch_sizes"]["image"]
+    new = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    assert new and max(new) <= 2, new
