@@ -1,0 +1,42 @@
+"""The same HTTP API without Ray: FastAPI + uvicorn in one process, models run in-process.
+
+The benchmark's "no Serve" baseline and the `creagen generate --url` tests use it; it shares
+`api.build_api` with the Serve ingress, so both answer the same routes with the same checks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import uvicorn
+
+from creagen_ray.serving.api import build_api
+from creagen_ray.serving.engine import LocalBackend
+from creagen_ray.serving.settings import ServeConfig
+from creagen_ray.serving.store import BundleStore
+
+
+class PlainServer:
+    """uvicorn serving `build_api(LocalBackend)` on a background thread: `with PlainServer(cfg, port) as url:`."""
+
+    def __init__(self, config: ServeConfig, port: int, host: str = "127.0.0.1") -> None:
+        store = BundleStore.scan(config.bundles)
+        self.backend = LocalBackend(store)
+        app = build_api(store, self.backend, config)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://{host}:{port}"
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"uvicorn did not start on {self.url}")
+            time.sleep(0.05)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

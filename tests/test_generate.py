@@ -1,0 +1,75 @@
+"""`creagen generate`: a local bundle (text to stdout, images to a PNG grid) and --url against a server."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from _serve_bundles import IMAGE_SIZE, TEXT, image_bundle, text_bundle
+from creagen_ray.cli import main
+from creagen_ray.serving.plain import PlainServer
+from creagen_ray.serving.settings import ServeConfig
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a tiny rnn and a tiny gan bundle."""
+    root = tmp_path_factory.mktemp("bundles")
+    text_bundle(root / "rnn", steps=10)
+    image_bundle(root / "gan", "gan", steps=5)
+    return root
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file."""
+    img = Image.open(io.BytesIO(path.read_bytes()))
+    assert img.format == "PNG"
+    return img.size
+
+
+def test_local_text_to_stdout(bundles: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["generate", str(bundles / "rnn"), "--prompt", "the ", "--max-new-tokens", "30", "--n", "2", "--seed", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    samples = out.rstrip("\n").split("\n\n" + "-" * 40 + "\n")
+    assert len(samples) == 2
+    assert all(s.startswith("the ") and len(s) == 4 + 30 and set(s) <= set(TEXT) for s in samples)
+    assert main(args) == 0 and capsys.readouterr().out == out  # seeded
+
+
+def test_local_images_to_png_grid(bundles: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "grid.png"
+    assert main(["generate", str(bundles / "gan"), "--n", "6", "--seed", "1", "--out", str(out)]) == 0
+    side = IMAGE_SIZE + 2
+    assert size_of(out) == (3 * side + 2, 2 * side + 2)  # 6 images: 3 per row, 2 rows
+
+
+def test_bad_arguments_and_bundles(bundles: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", str(bundles / "gan"), "--n", "100000"]) == 2
+    assert "n:" in capsys.readouterr().err
+    assert main(["generate"]) == 2  # neither BUNDLE nor --url
+    assert main(["generate", str(tmp_path)]) == 1  # not a bundle
+    assert "manifest.json is missing" in capsys.readouterr().err
+
+
+def test_url_mode_against_a_server(bundles: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with PlainServer(ServeConfig(bundles=[str(bundles)]), port) as url:
+        out = tmp_path / "remote.png"
+        assert main(["generate", "--url", url, "--model", "gan", "--n", "4", "--seed", "2", "--out", str(out)]) == 0
+        assert size_of(out) == (2 * (IMAGE_SIZE + 2) + 2,) * 2
+        local = tmp_path / "local.png"
+        assert main(["generate", str(bundles / "gan"), "--n", "4", "--seed", "2", "--out", str(local)]) == 0
+        assert out.read_bytes() == local.read_bytes()  # same bundle, same seed, same PNG
+        capsys.readouterr()
+        assert main(["generate", "--url", url, "--model", "rnn", "--prompt", "the ", "--n", "1", "--max-new-tokens", "20"]) == 0
+        text = capsys.readouterr().out.rstrip("\n")
+        assert text.startswith("the ") and len(text) == 24 and set(text) <= set(TEXT)
+        assert main(["generate", "--url", url, "--model", "missing", "--n", "1"]) == 1
+        assert "404" in capsys.readouterr().err
