@@ -191,3 +191,19 @@ def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> to
     else:
         g.manual_seed(int(seed))
     return g
+
+
+def prior_latents(n: int, dim: int, seed: int | None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """n draws from N(0, I) [n, dim], drawn on the CPU so one seed gives the same latents on any device."""
+    return torch.randn(n, dim, generator=seeded_generator(seed)).to(device)
+
+
+def latent_walk(z_a: torch.Tensor, z_b: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` latents [steps, L] from z_a [L] to z_b [L] by slerp (keeps Gaussian-typical norms; lerp if parallel)."""
+    t = torch.linspace(0.0, 1.0, steps, device=z_a.device).unsqueeze(1)  # [steps, 1]
+    a, b = z_a.float().flatten(), z_b.float().flatten()
+    cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))
+    if omega.abs() < 1e-4:  # (nearly) the same direction: slerp degenerates to lerp
+        return (1.0 - t) * a + t * b
+    return (torch.sin((1.0 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
