@@ -105,7 +105,8 @@ class PreparedData:
         files = self.files(split)
         if not files:
             return None
-        return ray.data.read_parquet([str(f) for f in files], columns=columns or self.columns)
+        ensure_ray()
+        return ray.data.read_parquet([str(f) for f in files]).select_columns(columns or self.columns)
 
     def train_dataset(self, columns: list[str] | None = None):
         """The training split as a Ray Dataset."""

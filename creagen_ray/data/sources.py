@@ -105,21 +105,26 @@ def _files_of(kind: str, path: Path, field_name: str = "data.source") -> list[Pa
 
 
 def source_checksum(cfg: DataConfig, kind: str) -> str:
-    """sha256 over the source's content (file names relative to the source + bytes, plus labels)."""
-    h = hashlib.sha256()
+    """sha256 of the source: of the file's bytes for one file (= `sha256sum FILE`), else of every
+    file's relative name and bytes in sorted order (folders, lists, a labels file)."""
     if kind == "builtin":
-        h.update(builtin_name(cfg).encode())
-        h.update(builtin.builtin_checksum(builtin_name(cfg)).encode())
-        return h.hexdigest()
+        name = builtin_name(cfg)
+        return hashlib.sha256(f"builtin:{name}:{builtin.builtin_checksum(name)}".encode()).hexdigest()
     roots = [(p, "data.source") for p in source_paths(cfg)]
     if cfg.labels:
         roots.append((Path(cfg.labels).expanduser(), "data.labels"))
-    for root, field_name in roots:
-        for f in _files_of(kind, root, field_name):
-            h.update(str(f.relative_to(root) if f != root else f.name).encode() + b"\0")
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+    files = [
+        (f, f.relative_to(root) if f != root else f.name)
+        for root, field_name in roots
+        for f in _files_of(kind, root, field_name)
+    ]
+    h = hashlib.sha256()
+    for f, name in files:
+        if len(files) > 1:
+            h.update(str(name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
