@@ -116,6 +116,7 @@ def test_loss_falls_on_embedded_text(tok):
     assert after["val_tokens"] == 8 * 32 * SEQ_LEN
 
 
+@pytest.mark.shared
 def test_loss_falls_on_tinyshakespeare(shakespeare_path):
     text = shakespeare_path.read_text(encoding="utf-8")[:300_000]
     tok = CharTokenizer.fit(text)
@@ -126,7 +127,8 @@ def test_loss_falls_on_tinyshakespeare(shakespeare_path):
     train(fam, windows, 200, B=32)
     after = fam.evaluate(val)
     print(f"tinyshakespeare: val {before['val_loss']:.3f} -> {after['val_loss']:.3f} nats/char, "
-          f"bpc {before['val_bpc']:.3f} -> {after['val_bpc']:.3f}, 200 steps x 32 x {SEQ_LEN} in {time.time() - t0:.1f}s")
+          f"bpc {before['val_bpc']:.3f} -> {after['val_bpc']:.3f}, "
+          f"200 steps x 32 x {SEQ_LEN} in {time.time() - t0:.1f}s")
     assert after["val_loss"] < before["val_loss"] - 1.8  # ~4.2 -> ~2.0 nats
     assert after["val_bpc"] < 3.2
 

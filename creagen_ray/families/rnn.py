@@ -182,7 +182,12 @@ class RNNFamily(Family):
         if count == 0:
             raise ValueError("evaluate() got no batches")
         loss = total / count
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_bpc": loss / math.log(2), "val_tokens": float(count)}
+        return {
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 700.0)),  # capped: exp overflows a float past ~709
+            "val_bpc": loss / math.log(2),
+            "val_tokens": float(count),
+        }
 
     # -- sampling -------------------------------------------------------------------------------
 
