@@ -1,0 +1,218 @@
+"""One Tune trial = one Ray Train run of the generic training loop (Train V2 inside Tune).
+
+`CreagenTrial` is a class Trainable that builds a `TorchTrainer` with `training.build_trainer`
+and fits it in a background thread; a small Train callback relays every report (metrics + the
+persisted checkpoint's path) to the trial through a Ray queue, and `step()` hands Tune one result
+per evaluation (the family's validation metric at a new step).
+
+Why not a function trainable with `TuneReportCallback` (ray/tune/integration/ray_train.py):
+that callback forwards metrics only (the checkpoint path as a metric), so Tune holds no
+checkpoint: PBT cannot exploit and `Tuner.restore` cannot resume a trial. And when Tune stops a
+function trial (ASHA, a PBT pause) it kills the trial actor without a hook, so the Train run's
+placement group leaks (Train V2's cleaner needs the dashboard's state API) and the next runs wait
+forever for CPUs. A class Trainable has `save_checkpoint` / `load_checkpoint` (the Train
+checkpoint directory, copied) and `cleanup()`, where the Train controller is aborted, which
+releases its workers and placement group.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2.api.callback import UserCallback
+from ray.util.queue import Empty, Queue
+
+from creagen_ray.config import ExperimentConfig, validate_config
+from creagen_ray.training import build_trainer, fit
+from creagen_ray.tuning.space import resolve
+
+ABORT_TIMEOUT_S = 30.0
+FINISH_TIMEOUT_S = 120.0
+
+
+class _ReportRelay(UserCallback):
+    """Train controller side: send each report (rank 0 metrics, checkpoint path) to the trial."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        """Blocking put (queue of one): Train runs at most one report ahead of Tune."""
+        self.queue.put(("report", (dict(metrics[0]), checkpoint.path if checkpoint else None)))
+
+
+class _ControllerHello(ControllerCallback):
+    """Train controller side: send the controller's own handle, so the trial can abort the run."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        """Called once, before any worker starts."""
+        self.queue.put(("controller", ray.get_runtime_context().current_actor))
+
+
+def sampled_config(base: dict[str, Any], sample: dict[str, Any], forced: dict[str, Any]) -> ExperimentConfig:
+    """The trial's config: base raw config + Tune's sample (+ settings the search forces)."""
+    return validate_config(resolve(resolve(base, sample), forced))
+
+
+class CreagenTrial(tune.Trainable):
+    """A Tune trial running the Ray Train loop; one Tune result per evaluation."""
+
+    def setup(
+        self,
+        config: dict[str, Any],
+        base: dict[str, Any] | None = None,
+        forced: dict[str, Any] | None = None,
+        metric: str = "val_loss",
+        storage_path: str = "",
+        runs_dir: str = "",
+    ) -> None:
+        """Validate the sampled config and prepare (or find) its data; the run starts at the first step."""
+        from creagen_ray.data import prepare_data
+
+        self.base, self.forced, self.metric = base or {}, forced or {}, metric
+        self.cfg = sampled_config(self.base, config, self.forced)
+        self.prepared = prepare_data(self.cfg.data, storage_path=storage_path)  # cached: a no-op
+        self.runs_dir = Path(runs_dir)
+        self._start_from: str | None = None  # a checkpoint directory (PBT donor or restore)
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        self._queue: Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._controller: Any = None
+        self._error: BaseException | None = None
+        self._finished = False  # the run reported its last step
+        self._last_checkpoint: str | None = None
+        self._latest: dict[str, Any] = {}
+        self._last_val_step = -1
+
+    def _start(self) -> None:
+        """Build the TorchTrainer for this trial and fit it in a background thread."""
+        queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        run_name = f"{self.trial_id}-{time.time_ns()}"
+        trainer = build_trainer(
+            self.cfg,
+            self.prepared,
+            run_name=run_name,
+            storage_path=str(self.runs_dir),
+            callbacks=[_ReportRelay(queue), _ControllerHello(queue)],
+            resume_from_checkpoint=self._start_from,
+        )
+
+        def run() -> None:
+            try:
+                fit(trainer)  # raises NonFiniteLossError on divergence
+            except BaseException as e:  # noqa: BLE001 - re-raised in step()
+                self._error = e
+            finally:
+                try:
+                    queue.put(("end", None), timeout=FINISH_TIMEOUT_S)
+                except Exception:  # noqa: BLE001 - the queue is gone: the trial is stopping
+                    pass
+
+        self._queue = queue
+        self._thread = threading.Thread(target=run, name=f"fit-{run_name}", daemon=True)
+        self._thread.start()
+
+    def _is_last(self, m: dict[str, Any]) -> bool:
+        t = self.cfg.train
+        if t.epochs is not None:
+            return int(m.get("epoch", 0)) >= t.epochs
+        return int(m.get("step", 0)) >= int(m.get("total_steps", t.steps or 0))
+
+    def step(self) -> dict[str, Any]:
+        """Wait for the run's next evaluation and return it (done=True at the last step)."""
+        if self._thread is None:
+            self._start()
+        assert self._queue is not None and self._thread is not None
+        while True:
+            kind, item = self._queue.get()
+            if kind == "controller":
+                self._controller = item
+                continue
+            if kind == "end":
+                self._thread.join()
+                if self._error is not None:
+                    raise self._error
+                self._finished = True
+                return {**self._latest, "done": True}
+            metrics, checkpoint = item
+            if checkpoint:
+                self._last_checkpoint = checkpoint
+            self._latest.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+            step = int(metrics.get("step", -1))
+            if metrics.get("nonfinite") or self.metric not in metrics:
+                continue  # a diverged run ends; fit() raises and "end" carries the error
+            if int(metrics.get("val_step", step)) != step or step <= self._last_val_step:
+                continue  # a log/checkpoint report between evaluations
+            self._last_val_step = step
+            done = self._is_last(metrics)
+            self._finished = done
+            return {**self._latest, "done": done}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """Copy the run's latest Train checkpoint (state.pt + meta.json) into Tune's directory."""
+        if self._last_checkpoint:
+            shutil.copytree(self._last_checkpoint, checkpoint_dir, dirs_exist_ok=True)
+
+    def load_checkpoint(self, checkpoint: str) -> None:
+        """Start the next run from this checkpoint (a PBT donor's, or this trial's own on restore)."""
+        if not (Path(checkpoint) / "state.pt").is_file():
+            return  # saved before the run's first checkpoint: start fresh
+        self._stop_run()
+        keep = self.runs_dir / f"{self.trial_id}-from-{time.time_ns()}"
+        shutil.copytree(checkpoint, keep)  # Tune may delete or rotate its copy
+        self._start_from = str(keep)
+        self._reset_run()
+
+    def cleanup(self) -> None:
+        """Stop the Train run (abort releases its workers and placement group), then the queue."""
+        self._stop_run()
+
+    def _stop_run(self) -> None:
+        if self._thread is None:
+            return
+        if self._finished:
+            self._thread.join(timeout=FINISH_TIMEOUT_S)  # the run is ending by itself
+        if self._thread.is_alive():
+            self._abort()
+            self._thread.join(timeout=ABORT_TIMEOUT_S)
+        if self._queue is not None:
+            self._queue.shutdown(force=True)
+        self._thread = None
+
+    def _abort(self) -> None:
+        """Ask the Train controller to abort, draining the relay queue so it is never blocked on us."""
+        assert self._queue is not None
+        deadline = time.monotonic() + ABORT_TIMEOUT_S
+        ref = None
+        while time.monotonic() < deadline:
+            try:
+                kind, item = self._queue.get_nowait()
+                if kind == "controller":
+                    self._controller = item
+            except Empty:
+                pass
+            if ref is None and self._controller is not None:
+                ref = self._controller.abort.remote()
+            if ref is not None and ray.wait([ref], timeout=0.2)[0]:
+                break
+            if self._thread is None or not self._thread.is_alive():
+                break
+            if ref is None:
+                time.sleep(0.2)
+        if ref is not None:
+            try:
+                ray.get(ref, timeout=1)
+            except Exception:  # noqa: BLE001 - abort() exits the controller actor: that is success
+                pass
