@@ -8,6 +8,7 @@ resume_from_checkpoint=donor)` and `fit(trainer)` (raises NonFiniteLossError on 
 """
 
 from creagen_ray.training.checkpoint import CheckpointError, load_checkpoint, load_ray_checkpoint, save_checkpoint
+from creagen_ray.training.progress import MetricsLogCallback, ProgressCallback
 from creagen_ray.training.trainer import (
     NonFiniteLossError,
     TrainResult,
@@ -23,7 +24,9 @@ from creagen_ray.training.trainer import (
 
 __all__ = [
     "CheckpointError",
+    "MetricsLogCallback",
     "NonFiniteLossError",
+    "ProgressCallback",
     "TrainResult",
     "build_trainer",
     "check_result",

@@ -20,7 +20,8 @@ and the progress printer see.
     total_steps  optimizer steps of the whole run (schedules use it)
     data_path    the prepared data directory (rank 0 reads labelled images from it for FID)
     resume_from  a ray.train/ray.tune Checkpoint to start from when the run has none of its own
-    faults       fault injection for tests only: {"kill_at_step", "kill_rank", "marker", "nan_at_step"}
+    faults       fault injection for tests only: {"kill_at_step", "kill_rank", "marker",
+                 "kill_after_s", "nan_at_step"}
 """
 
 from __future__ import annotations
@@ -303,6 +304,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         hashes_rngs = comm.gather((param_hash(family), capture_rng()))
         hashes = [h for h, _ in hashes_rngs]
         metrics["replicas_in_sync"] = float(len(set(hashes)) == 1)
+        metrics["param_hash"] = hashes[rank]
         metrics["param_hashes"] = ",".join(hashes)
         if rank != 0:
             ray.train.report(metrics)
@@ -387,4 +389,8 @@ def _maybe_kill(faults: dict[str, Any], step: int, rank: int) -> None:
     if marker.exists():
         return
     marker.write_text(str(step))
+    # Ray Train V2's controller collects reports every ~2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); a
+    # checkpoint reported by a worker that dies before that poll is lost. `kill_after_s` lets a test
+    # die "later", after the last checkpoint became durable.
+    time.sleep(float(faults.get("kill_after_s", 0.0)))
     os.kill(os.getpid(), signal.SIGKILL)

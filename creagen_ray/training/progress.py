@@ -60,3 +60,22 @@ class ProgressCallback(UserCallback):
         """Say which rank failed and that Ray Train decides whether to restart from a checkpoint."""
         for rank, err in sorted(worker_exceptions.items()):
             print(f"[{self.name}] worker {rank} failed: {type(err).__name__}: {err}", flush=True)
+
+
+class MetricsLogCallback(UserCallback):
+    """Append every report of every rank to a JSON-lines file (one line per report: all ranks).
+
+    Runs in the Train controller, so `path` must be on a filesystem that process can write
+    (local runs, or a shared mount). Benchmarks and tests read it to see what each rank did.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        """Write one line: {"ranks": [metrics of rank 0, rank 1, ...], "checkpoint": path or null}."""
+        import json
+
+        line = {"ranks": metrics, "checkpoint": checkpoint.path if checkpoint is not None else None}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, default=str) + "\n")
