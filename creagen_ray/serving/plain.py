@@ -40,3 +40,26 @@ class PlainServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m creagen_ray.serving.plain BUNDLE_OR_DIR... --port P`: serve until killed (benchmark baseline)."""
+    import argparse
+
+    import torch
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("bundles", nargs="+")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 = like a Serve replica)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with PlainServer(ServeConfig(bundles=args.bundles), args.port, args.host) as url:
+        print(f"plain server at {url}", flush=True)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
