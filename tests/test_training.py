@@ -195,5 +195,5 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(ray_cluster, storage: Pat
     weights = state["family"]["modules"]["model"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     run_dir = Path(ckpt.path).parent
-    steps = sorted(load_checkpoint(p)["step"] for p in run_dir.glob("checkpoint_*"))
+    steps = sorted(load_checkpoint(p)["step"] for p in run_dir.glob("checkpoint_*") if p.is_dir())
     assert steps == [10], f"checkpoints after the NaN were written: {steps}"

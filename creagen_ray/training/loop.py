@@ -76,10 +76,14 @@ def batch_items(batch: dict[str, torch.Tensor]) -> int:
 
 
 def param_hash(family: Family) -> str:
-    """sha256 (16 hex chars) of every parameter's bytes: equal on bit-identical DDP replicas."""
+    """sha256 (16 hex chars) of every parameter's bytes: equal on bit-identical DDP replicas.
+
+    Parameters only: BatchNorm running statistics are buffers that each rank updates from its own
+    batch after DDP broadcast rank 0's at the start of the forward pass, so they differ by design.
+    """
     h = hashlib.sha256()
     for name in sorted(family.modules):
-        for k, v in sorted(family.raw(name).state_dict().items()):
+        for k, v in family.raw(name).named_parameters():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
@@ -236,8 +240,13 @@ def _evaluate(family: Family, batches: Iterable[dict[str, torch.Tensor]]) -> dic
     return {k: float(v) for k, v in metrics.items()}
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train one Family on this worker's data shard with DDP; report, checkpoint, evaluate."""
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Train one Family on this worker's data shard with DDP; report, checkpoint, evaluate.
+
+    Returns (rank 0's is Result.return_value) {"step", "nonfinite": bool, "what", "metrics"}: in
+    Train V2 Result.metrics are those of the last *checkpoint*, so a divergence that wrote none
+    must travel in the return value.
+    """
     cfg = validate_config(config["cfg"])
     spec = DataSpec.model_validate(config["spec"])
     tokenizer = tokenizer_from_dict(config["tokenizer"]) if config.get("tokenizer") else None
@@ -325,9 +334,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         return True
 
+    outcome: dict[str, Any] = {"nonfinite": False, "what": "", "metrics": {}}
+
     def stop_nonfinite(metrics: dict[str, Any], what: str) -> None:
         """Every rank reports the failure (no checkpoint); the driver turns it into an error."""
-        ray.train.report({**metrics, "nonfinite": 1.0, "nonfinite_step": family.step, "nonfinite_what": what})
+        metrics = {**metrics, "nonfinite": 1.0, "nonfinite_step": family.step, "nonfinite_what": what}
+        outcome.update(nonfinite=True, what=what, metrics=metrics)
+        ray.train.report(metrics)
 
     ok = True
     ran = False
@@ -378,6 +391,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # resumed a run that had already finished: report once so it ends with metrics and a checkpoint
         evaluate()
         report(checkpoint=True)
+    return {**outcome, "step": family.step}
 
 
 def _maybe_kill(faults: dict[str, Any], step: int, rank: int) -> None:

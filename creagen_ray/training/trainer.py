@@ -187,10 +187,10 @@ def fit(trainer: TorchTrainer) -> ray.train.Result:
 
 
 def check_result(result: Any) -> None:
-    """Raise NonFiniteLossError if the run's last report says it diverged (Tune calls this too)."""
-    m = result.metrics or {}
-    if m.get("nonfinite"):
-        raise NonFiniteLossError(int(m.get("nonfinite_step", -1)), str(m.get("nonfinite_what")), m, result.checkpoint)
+    """Raise NonFiniteLossError if rank 0's loop returned a divergence (Tune calls this too)."""
+    outcome = result.return_value or {}
+    if outcome.get("nonfinite"):
+        raise NonFiniteLossError(int(outcome["step"]), str(outcome["what"]), outcome["metrics"], result.checkpoint)
 
 
 def family_from_checkpoint(checkpoint: Any, cfg: ExperimentConfig, prepared: Any) -> Family:
