@@ -117,15 +117,20 @@ class GANFamily(Family):
         # call G runs with grad once and its output is reused by the G step below (as in dcgan).
         with torch.set_grad_enabled(take_g_step), self.autocast():
             fake = torch.tanh(G(z))  # [B, C, S, S] in [-1, 1]
+        # Only the first D forward goes through the (DDP) wrapper: each wrapped forward first broadcasts
+        # D's buffers in place, which would invalidate the BatchNorm running stats that an earlier
+        # forward saved for backward. One wrapped forward still sets up the gradient all-reduce, which
+        # fires once per parameter however many forwards fed it.
+        D_raw = self.raw("d")
         with self.autocast():
             d_real = D(real).float().flatten()  # [B]
-            d_fake = D(fake.detach()).float().flatten()  # [B]
+            d_fake = D_raw(fake.detach()).float().flatten()  # [B]
         loss_d = losses.d_loss(self.loss_name, d_real, d_fake, label_smoothing=self.cfg.loss.label_smoothing)
         out: dict[str, float] = {}
         if self.loss_name == "wasserstein":
             # The penalty is computed in float32 outside autocast: its inner gradient is not scaled by
             # an fp16 GradScaler and would underflow.
-            gp = losses.gradient_penalty(D, real, fake.detach().float())
+            gp = losses.gradient_penalty(D_raw, real, fake.detach().float())
             out["wdist"] = (d_real.mean() - d_fake.mean()).item()  # the critic's Wasserstein estimate
             out["gp"] = gp.item()
             loss_d = loss_d + self.cfg.loss.gp_lambda * gp
@@ -135,7 +140,6 @@ class GANFamily(Family):
         # .grad would otherwise be added to the next D step). The raw D is used: D is not being
         # trained here, so its DDP wrapper must not expect a gradient all-reduce.
         if take_g_step:
-            D_raw = self.raw("d")
             D_raw.requires_grad_(False)
             try:
                 with self.autocast():
@@ -163,7 +167,7 @@ class GANFamily(Family):
         self, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The (unweighted) WGAN-GP penalty of this family's critic at interpolates of real/fake in [-1, 1]."""
-        return losses.gradient_penalty(self.modules["d"], real, fake, eps=eps)
+        return losses.gradient_penalty(self.raw("d"), real, fake, eps=eps)
 
     # -- generating -----------------------------------------------------------------------------
 
