@@ -93,14 +93,18 @@ class Stepper:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        skipped = False
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skips the update when fp16 grads overflowed
             self.scaler.update()
+            skipped = self.scaler.get_scale() < scale
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.steps += 1
+        if not skipped:  # the schedule and step count follow real optimizer steps only
+            self.scheduler.step()
+            self.steps += 1
 
     def set_hyperparameters(self, cfg: OptimizerConfig) -> None:
         """Re-apply lr/betas/momentum/weight decay to the live param groups (PBT after exploit)."""
