@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ def short_error(err: Any, limit: int = 300) -> str:
     if err is None:
         return ""
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    keys = ("Error:", "Error(", "diverged", "Exception:")
+    keys = ("Error:", "Error(", "Diverged:", "Exception:")
     picked = next((ln for ln in reversed(lines) if any(k in ln for k in keys)), lines[-1] if lines else "")
     return picked[:limit]
 
@@ -67,9 +68,26 @@ def trial_id_of(result_grid: Any, result: Any) -> str:
     return str(trial.trial_id if trial is not None else (result.metrics or {}).get("trial_id", Path(result.path).name))
 
 
-def trial_rows(result_grid: Any, metric: str, mode: str, dims: list[str]) -> list[TrialRow]:
-    """Read every trial of a Tune ResultGrid into rows (status from Tune's trial objects)."""
+def saved_statuses(exp_dir: Path) -> dict[str, str]:
+    """Trial id -> status in Tune's newest experiment state file.
+
+    After an interrupt (Ctrl-C) Tune saves the state first and then stops the running trials,
+    marking them TERMINATED in memory; the saved state keeps RUNNING, which is what --resume sees.
+    """
+    files = sorted(exp_dir.glob("experiment_state-*.json"))  # named by start time; mtimes get touched on sync
+    if not files:
+        return {}
+    out = {}
+    for entry in json.loads(files[-1].read_text(encoding="utf-8")).get("trial_data", []):
+        state = json.loads(entry[0])
+        out[str(state["trial_id"])] = str(state["status"])
+    return out
+
+
+def trial_rows(result_grid: Any, metric: str, mode: str, dims: list[str], exp_dir: Path) -> list[TrialRow]:
+    """Read every trial of a Tune ResultGrid into rows (status as saved in the experiment state)."""
     trials = _trials_by_path(result_grid)
+    saved = saved_statuses(exp_dir)
     rows = []
     for r in result_grid:
         m = r.metrics or {}
@@ -78,11 +96,11 @@ def trial_rows(result_grid: Any, metric: str, mode: str, dims: list[str]) -> lis
         history = r.metrics_dataframe
         series = history[metric].dropna() if history is not None and metric in history else pd.Series(dtype=float)
         best = (series.min() if mode == "min" else series.max()) if len(series) else None
-        status = trial.status if trial is not None else ("ERROR" if r.error else "TERMINATED")
+        status = saved.get(str(trial_id)) or (trial.status if trial is not None else "TERMINATED")
         if r.error is not None:
             status = "ERROR"
-        elif status == "TERMINATED" and not m.get("done", False):
-            status = "STOPPED"
+        elif status == "TERMINATED" and "total_steps" in m and m.get("step", 0) < m["total_steps"]:
+            status = "STOPPED"  # ended by the scheduler before its last step
         rows.append(
             TrialRow(
                 trial_id=str(trial_id),
@@ -189,4 +207,7 @@ class TuneResult:
             f"best config: {self.best_config_path}",
             f"bundle: {self.bundle_path}",
         ]
+        unfinished = int(self.table["status"].isin(["RUNNING", "PENDING", "PAUSED"]).sum()) if len(self.table) else 0
+        if unfinished:
+            out.append(f"interrupted: {unfinished} trials unfinished; continue with `creagen tune CONFIG --resume`")
         return "\n".join(out)

@@ -128,8 +128,13 @@ def run_search(
     callbacks: list[Any] | None = None,
     stop: Any = None,
     verbose: int = 1,
+    faults: dict[str, Any] | None = None,
 ) -> TuneResult:
-    """Run (or resume) the search a raw config describes and write its outputs; see module doc."""
+    """Run (or resume) the search a raw config describes and write its outputs; see module doc.
+
+    `callbacks` / `stop` go to Tune's RunConfig; `faults` (tests) injects training-loop faults into
+    the trials whose sample matches `faults["match"]`, e.g. {"match": {"optimizer.lr": 1e-3}, "nan_at_step": 5}.
+    """
     base, dims, cfg = parse_space(raw)
     _check_population(cfg, dims)
     metric, mode = search_metric(cfg, dims, base), cfg.tune.mode
@@ -153,6 +158,7 @@ def run_search(
             metric=metric,
             storage_path=storage,
             runs_dir=str(exp_dir / "trial_runs"),
+            faults=faults,
         ),
         {"cpu": cfg.tune.trial_cpus},
     )
@@ -205,7 +211,7 @@ def write_outputs(
     from creagen_ray.data import prepare_data
 
     mode = cfg.tune.mode
-    rows = rank_rows(trial_rows(grid, metric, mode, list(dims)), mode)
+    rows = rank_rows(trial_rows(grid, metric, mode, list(dims), exp_dir), mode)
     df = table(rows, metric)
     pq, csv = write_table(df, exp_dir)
     best_row = rows[0] if rows and rows[0].final is not None and rows[0].status != "ERROR" else None

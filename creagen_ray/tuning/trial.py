@@ -30,7 +30,7 @@ from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
 from creagen_ray.config import ExperimentConfig, validate_config
-from creagen_ray.training import build_trainer, fit
+from creagen_ray.training import NonFiniteLossError, build_trainer, fit
 from creagen_ray.tuning.space import resolve
 
 ABORT_TIMEOUT_S = 30.0
@@ -59,6 +59,10 @@ class _ControllerHello(ControllerCallback):
         self.queue.put(("controller", ray.get_runtime_context().current_actor))
 
 
+class TrialDiverged(RuntimeError):
+    """A trial's training run stopped on a NaN/Inf loss (the message is NonFiniteLossError's)."""
+
+
 def sampled_config(base: dict[str, Any], sample: dict[str, Any], forced: dict[str, Any]) -> ExperimentConfig:
     """The trial's config: base raw config + Tune's sample (+ settings the search forces)."""
     return validate_config(resolve(resolve(base, sample), forced))
@@ -75,15 +79,21 @@ class CreagenTrial(tune.Trainable):
         metric: str = "val_loss",
         storage_path: str = "",
         runs_dir: str = "",
+        faults: dict[str, Any] | None = None,
     ) -> None:
         """Validate the sampled config and prepare (or find) its data; the run starts at the first step."""
         from creagen_ray.data import prepare_data
 
         self.base, self.forced, self.metric = base or {}, forced or {}, metric
+        # tests only: training-loop fault injection for the trials whose sample matches faults["match"]
+        match = (faults or {}).get("match", {})
+        hit = faults and all(config.get(k) == v for k, v in match.items())
+        self.faults = {k: v for k, v in faults.items() if k != "match"} if hit else None
         self.cfg = sampled_config(self.base, config, self.forced)
         self.prepared = prepare_data(self.cfg.data, storage_path=storage_path)  # cached: a no-op
         self.runs_dir = Path(runs_dir)
         self._start_from: str | None = None  # a checkpoint directory (PBT donor or restore)
+        self._restored_from = ""  # the Tune checkpoint it came from (reported, so tests can see the donor)
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -107,6 +117,7 @@ class CreagenTrial(tune.Trainable):
             storage_path=str(self.runs_dir),
             callbacks=[_ReportRelay(queue), _ControllerHello(queue)],
             resume_from_checkpoint=self._start_from,
+            faults=self.faults,
         )
 
         def run() -> None:
@@ -142,6 +153,14 @@ class CreagenTrial(tune.Trainable):
                 continue
             if kind == "end":
                 self._thread.join()
+                if self._latest.get("nonfinite") and self._error is None:
+                    # Train V2's Result carries the last *checkpoint's* metrics, so fit() may not see
+                    # the run's final NaN report; it reached us, so fail here
+                    m = self._latest
+                    self._error = NonFiniteLossError(int(m.get("nonfinite_step", -1)), str(m.get("nonfinite_what")), m)
+                if isinstance(self._error, NonFiniteLossError):
+                    # Tune copies the exception it records; this one's __init__ does not take its message
+                    raise TrialDiverged(str(self._error)) from None
                 if self._error is not None:
                     raise self._error
                 self._finished = True
@@ -150,6 +169,7 @@ class CreagenTrial(tune.Trainable):
             if checkpoint:
                 self._last_checkpoint = checkpoint
             self._latest.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+            self._latest["restored_from"] = self._restored_from
             step = int(metrics.get("step", -1))
             if metrics.get("nonfinite") or self.metric not in metrics:
                 continue  # a diverged run ends; fit() raises and "end" carries the error
@@ -173,6 +193,7 @@ class CreagenTrial(tune.Trainable):
         keep = self.runs_dir / f"{self.trial_id}-from-{time.time_ns()}"
         shutil.copytree(checkpoint, keep)  # Tune may delete or rotate its copy
         self._start_from = str(keep)
+        self._restored_from = str(checkpoint)
         self._reset_run()
 
     def cleanup(self) -> None:

@@ -1,0 +1,186 @@
+"""Ray Tune around the Ray Train loop: ASHA ranking, failures, interrupt + resume, PBT exploits.
+
+Real Ray (the session `ray_cluster`), tiny char GRUs on the embedded python-docs text, one Train
+worker per trial (0.45 CPU) so two trials run at once on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from ray.tune import Callback
+
+from creagen_ray.config import ConfigError, load_config
+
+pytestmark = pytest.mark.slow
+
+SANE, ABSURD, DIVERGES, OTHER = 3e-3, 1e-7, 1e-3, 2e-3
+
+
+def tiny_rnn(storage: Path, name: str, **tune: Any) -> dict[str, Any]:
+    """A raw config (search space included) for a 1-worker tiny GRU run of 30 steps."""
+    return {
+        "name": name,
+        "data": {"source": "builtin:python-docs", "modality": "text", "seq_len": 32, "max_items": 60000},
+        "model": {"family": "rnn", "embed_dim": 16, "hidden_size": 64, "num_layers": 1},
+        "optimizer": {"name": "adam", "lr": 2e-3},
+        "train": {
+            "num_workers": 1,
+            "cpus_per_worker": 0.45,
+            "batch_size": 32,
+            "steps": 30,
+            "eval_every": 10,
+            "eval_batches": 4,
+            "checkpoint_every": 10,
+            "log_every": 10,
+            "storage_path": str(storage),
+        },
+        "tune": {"max_concurrent_trials": 2, **tune},
+    }
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One storage folder for the module: the data is prepared once."""
+    return tmp_path_factory.mktemp("tune-storage")
+
+
+def test_invalid_space_is_refused_before_any_trial(storage: Path) -> None:
+    """No Ray work at all: the error names the field, and no experiment folder appears."""
+    from creagen_ray.tuning import run_search
+
+    raw = tiny_rnn(storage, "bad")
+    raw["optimizer"]["lr"] = {"loguniform": [-1, 1]}
+    with pytest.raises(ConfigError, match=r"optimizer\.lr"):
+        run_search(raw)
+    gan = tiny_rnn(storage, "bad-gan")
+    gan.update(model={"family": "gan"}, data={"source": "builtin:shapes", "modality": "image"})
+    gan["loss"] = {"name": {"choice": ["bce", "mse"]}}
+    with pytest.raises(ConfigError, match=r"loss\.name='mse'"):
+        run_search(gan)
+    assert not (storage / "tune").exists()
+
+
+class _InterruptOnce(Callback):
+    """Sends this process SIGUSR1 (what Ctrl-C does to Tune) when the first trial completes.
+
+    Tuner.restore brings the callback back from the experiment state: the class flag keeps it from
+    firing a second time.
+    """
+
+    fired = False
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not type(self).fired:
+            type(self).fired = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _result_rows(exp_dir: Path) -> dict[str, int]:
+    """Reported results per trial id, read from each trial's result.json."""
+    out = {}
+    for f in exp_dir.glob("*/result.json"):
+        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if lines:
+            out[lines[0]["trial_id"]] = len(lines)
+    return out
+
+
+def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> None:
+    """4 trials (lr grid) under ASHA, one diverging, interrupted after the first finishes, then resumed."""
+    from creagen_ray.tuning import run_search
+
+    raw = tiny_rnn(storage, "asha", scheduler="asha", grace_period=1, num_samples=1)
+    raw["optimizer"]["lr"] = {"grid": [SANE, ABSURD, DIVERGES, OTHER]}
+    faults = {"match": {"optimizer.lr": DIVERGES}, "nan_at_step": 5}
+    t0 = time.perf_counter()
+    first = run_search(raw, callbacks=[_InterruptOnce()], faults=faults, verbose=0)
+    t_first = time.perf_counter() - t0
+    exp_dir = first.experiment_dir
+    statuses = dict(zip(first.table["trial_id"], first.table["status"]))
+    done_before = {t for t, s in statuses.items() if s in ("TERMINATED", "STOPPED", "ERROR")}
+    # trials not started yet are not in the table of the interrupted search
+    assert 1 <= len(done_before) < 4, f"the interrupt should leave trials unfinished: {statuses}"
+    rows_before = _result_rows(exp_dir)
+
+    t0 = time.perf_counter()
+    result = run_search(raw, resume=True, faults=faults, verbose=0)
+    t_resume = time.perf_counter() - t0
+    print(f"\nfirst part {t_first:.0f} s, resume {t_resume:.0f} s\n{result.summary()}")
+    df = result.table
+    assert len(df) == 4 and set(df["trial_id"]) >= set(statuses)
+    # finished trials were not re-run: their result counts did not grow
+    rows_after = _result_rows(exp_dir)
+    for t in done_before:
+        assert rows_after.get(t, 0) == rows_before.get(t, 0), f"trial {t} re-ran after --resume"
+    by_lr = {row["optimizer.lr"]: row for _, row in df.iterrows()}
+    # the diverging trial is in the table, failed, with its error; the others finished
+    assert by_lr[DIVERGES]["status"] == "ERROR" and "diverged" in by_lr[DIVERGES]["error"]
+    assert all(by_lr[lr]["status"] in ("TERMINATED", "STOPPED") for lr in (SANE, ABSURD, OTHER))
+    # ranking: the sane lr beats the absurd one, and the ranks are ordered by the final metric
+    assert by_lr[SANE]["rank"] < by_lr[ABSURD]["rank"]
+    assert by_lr[SANE]["val_loss"] < by_lr[ABSURD]["val_loss"] - 0.05
+    finished = df[df["status"] != "ERROR"]
+    assert list(finished["val_loss"]) == sorted(finished["val_loss"])
+    # outputs: both tables, a ready-to-train config without distributions, a bundle that loads
+    assert pd.read_parquet(result.results_parquet).shape == pd.read_csv(result.results_csv).shape
+    best = load_config(result.best_config_path)
+    assert best.optimizer.lr == df.iloc[0]["optimizer.lr"] and best.train.steps == 30
+    from creagen_ray.bundle import load_bundle
+
+    bundle = load_bundle(result.bundle_path)
+    assert bundle is not None
+    # every trial's Train workers were released (nothing leaked a placement group)
+    _assert_cpus_released(ray_cluster)
+
+
+def _assert_cpus_released(ray: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= 1.99:
+            return
+        time.sleep(1)
+    raise AssertionError(f"CPUs still held after the search: {ray.available_resources()}")
+
+
+def test_pbt_exploit_continues_from_donor_with_its_new_lr(ray_cluster, storage: Path) -> None:
+    """2 trials, synch PBT after the 2nd evaluation: the loser restarts from the winner's checkpoint."""
+    from creagen_ray.tuning import run_search
+
+    raw = tiny_rnn(storage, "pbt", scheduler="pbt", perturbation_interval=2, num_samples=2)
+    raw["optimizer"]["lr"] = {"loguniform": [1e-4, 2e-2]}
+    result = run_search(raw, verbose=0)
+    print("\n" + result.summary())
+    histories = {  # trial id -> its results (result.json: metrics + the config they ran with)
+        d.name.split("_")[1] + "_" + d.name.split("_")[2]: [
+            json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()
+        ]
+        for d in result.experiment_dir.glob("CreagenTrial_*")
+    }
+    assert len(histories) == 2
+    exploits = 0
+    for target, history in histories.items():
+        donor = next(t for t in histories if t != target)
+        for row in history:
+            if donor not in row.get("restored_from", ""):
+                continue
+            exploits += 1
+            # the first report after the exploit: training continued from the donor's checkpoint
+            it = row["training_iteration"]
+            donor_row = next(r for r in histories[donor] if r["training_iteration"] == it - 1)
+            assert row["start_step"] == donor_row["step"] and row["step"] == donor_row["step"] + 10
+            # ... with the trial's NEW lr in the optimizer's param group (what the loop reports live),
+            # which differs from the donor's lr
+            new_lr = row["config"]["optimizer.lr"]
+            assert row["lr"] == pytest.approx(new_lr, rel=1e-6)
+            assert new_lr != pytest.approx(donor_row["config"]["optimizer.lr"], rel=1e-9)
+    assert exploits >= 1, "PBT never exploited"
+    assert set(result.table["status"]) == {"TERMINATED"}
+    _assert_cpus_released(ray_cluster)
