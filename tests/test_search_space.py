@@ -113,3 +113,20 @@ def test_space_module_does_not_import_ray():
     code = "import sys, creagen_ray.tuning.space; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_results_ranking_and_errors_are_pure_and_ordered():
+    from creagen_ray.tuning.results import TrialRow, rank_rows, short_error, table
+
+    def row(tid: str, status: str, final: float | None) -> TrialRow:
+        return TrialRow(tid, status, "", {"optimizer.lr": 0.1}, 1, 10, final, final, None, None, None)
+
+    rows = rank_rows(
+        [row("err", "ERROR", None), row("b", "TERMINATED", 3.0), row("run", "RUNNING", 1.0), row("a", "STOPPED", 2.0)],
+        "min",
+    )
+    assert [r.trial_id for r in rows] == ["a", "b", "run", "err"]
+    df = table(rows, "val_loss")
+    assert list(df["rank"]) == [1, 2, 3, 4] and "best_val_loss" in df and "optimizer.lr" in df
+    tb = "Traceback (most recent call last):\n  File x\nValueError: inner\nTrialDiverged: training diverged at step 5"
+    assert short_error(tb).startswith("TrialDiverged: training diverged")
