@@ -55,6 +55,8 @@ from creagen_ray.training.checkpoint import (
 # how many labelled training images rank 0 uses to fit the FID feature net, and for how long
 FEATURE_NET_IMAGES = 2000
 FEATURE_NET_STEPS = 200
+# rows each worker keeps in its local shuffle buffer, in batches (Ray Data shuffles within it)
+SHUFFLE_BATCHES = 16
 
 
 def batch_columns(spec: DataSpec) -> dict[str, torch.dtype]:
@@ -342,14 +344,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         outcome.update(nonfinite=True, what=what, metrics=metrics)
         ray.train.report(metrics)
 
-    ok = True
-    ran = False
-    while ok and not done():
-        ran = True
+    ok = not done()
+    while ok:
         batches = 0
         t_wait = time.perf_counter()
         for batch in shard.iter_torch_batches(
-            batch_size=t.batch_size, dtypes=columns, device=device, drop_last=True, prefetch_batches=2
+            batch_size=t.batch_size,
+            dtypes=columns,
+            device=device,
+            drop_last=True,
+            prefetch_batches=2,
+            local_shuffle_buffer_size=SHUFFLE_BATCHES * t.batch_size,
         ):
             wait_s = time.perf_counter() - t_wait
             metrics = family.train_step(batch)
@@ -372,22 +377,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             if do_eval or do_ckpt or step % t.log_every == 0:
                 ok = report(checkpoint=do_ckpt)
             if is_last or not ok:
+                ok = False  # a steps-run ends mid-epoch: no end_epoch (gd would step on a partial epoch)
                 break
             t_wait = time.perf_counter()
-        if not ok or (t.epochs is None and family.step >= total_steps):
-            break  # a steps-run ends mid-epoch: no end_epoch (gd would step on a partial epoch)
+        if not ok:
+            break
         if batches == 0:
             raise RuntimeError(
                 f"worker {rank} got no full batch of {t.batch_size} rows from its training shard: "
                 "lower train.batch_size or use more data"
             )
-        family.end_epoch()
+        family.end_epoch()  # full-batch `gd` takes its one step here
         epoch += 1
         if t.epochs is not None:
             evaluate()
-            ok = report(checkpoint=True)
+            ok = report(checkpoint=True) and not done()
 
-    if ok and not ran:
+    if family.step == start_step and done():
         # resumed a run that had already finished: report once so it ends with metrics and a checkpoint
         evaluate()
         report(checkpoint=True)
