@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,13 @@ def storage_uri(path: str) -> str:
 
 
 def connect_ray(address: str | None = None) -> None:
-    """Join Ray: `address` when given; else a running cluster (address="auto"); else a local one.
+    """Join Ray: `address` when given; else a running cluster; else a private local one.
 
-    Never re-initializes when Ray is already up. `address="local"` always starts a private
-    local runtime (the demo uses that, so it never lands on someone else's cluster).
+    "A running cluster" is RAY_ADDRESS (set inside Ray Jobs) or the cluster `ray start` recorded
+    in <tmp>/ray/ray_current_cluster (then address="auto"). A bare "auto" would also latch onto any
+    Ray process found by scanning `ps` (e.g. another user's test session), so it is not tried
+    otherwise. `address="local"` always starts a private runtime (the demo uses that). Never
+    re-initializes when Ray is already up; a local runtime has no dashboard (about 0.9 GB less).
     """
     if ray.is_initialized():
         return
@@ -87,11 +91,15 @@ def connect_ray(address: str | None = None) -> None:
         ray.init(address=address)
         return
     if address is None:
-        try:
-            ray.init(address="auto")
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
             return
-        except ConnectionError:
-            pass
+        if (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").is_file():
+            try:
+                ray.init(address="auto")
+                return
+            except ConnectionError:  # a stale record of a stopped cluster
+                pass
     ray.init(address="local", include_dashboard=False)
 
 

@@ -1,0 +1,126 @@
+"""jobs/train.py as a real Ray Job: submitted through JobSubmissionClient, waited on until SUCCEEDED.
+
+The job server lives in the dashboard, which the session test cluster turns off, so this test
+starts its own head node (`ray start --head --block --include-dashboard=true` on free ports, a
+private temp dir so no other process picks it up as "the current cluster") and stops exactly that
+process group afterwards (never `ray stop`, which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).with_name("ray")
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> None:
+    """Poll `url` until it answers 200 or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@pytest.fixture()
+def job_cluster():
+    """A private head node with the dashboard (job server); yields its dashboard URL."""
+    temp_dir = tempfile.mkdtemp(prefix="crj", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dash = free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        str(RAY), "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
+        f"--port={free_port()}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+        f"--temp-dir={temp_dir}", "--object-store-memory=300000000",
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        wait_http(f"{url}/api/version", timeout=120)
+        print(f"\njob cluster up in {time.perf_counter() - t0:.1f} s")
+        yield url
+    finally:
+        t1 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of *our* process group only
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        print(f"job cluster down in {time.perf_counter() - t1:.1f} s")
+
+
+def test_train_job_succeeds(job_cluster: str, tmp_path: Path) -> None:
+    """`python jobs/train.py CONFIG` submitted with working_dir=repo finishes SUCCEEDED and writes a bundle."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    cfg = yaml.safe_load((ROOT / "jobs/configs/demo-rnn.yaml").read_text())
+    cfg["data"]["max_items"] = 30000
+    cfg["model"].update(hidden_size=32, embed_dim=16)
+    cfg["train"].update(steps=10, eval_every=5, log_every=5, checkpoint_every=10, storage_path=str(tmp_path))
+    cfg_path = tmp_path / "job.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+
+    client = JobSubmissionClient(job_cluster)
+    t0 = time.perf_counter()
+    job_id = client.submit_job(
+        entrypoint=f"{sys.executable} jobs/train.py {cfg_path} --set train.run_name=job-test",
+        runtime_env={
+            "working_dir": str(ROOT),
+            "excludes": [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"],
+        },
+    )
+    status = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    print(f"job {status} in {time.perf_counter() - t0:.1f} s")
+    if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        client.stop_job(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "bundle:" in logs
+    assert (tmp_path / "job-test" / "bundle" / "manifest.json").is_file()
