@@ -1,0 +1,40 @@
+"""cluster.yaml is a real Ray cluster-launcher config: it validates against the installed Ray's schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load() -> dict:
+    """cluster.yaml as a dict."""
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_validates_against_ray_schema() -> None:
+    """jsonschema against ray/autoscaler/ray-schema.json, then Ray's own extra checks."""
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    cfg = load()
+    jsonschema.validate(cfg, schema)
+    validate_config(cfg)  # head_node_type among the node types, min/max workers consistent, ...
+
+
+def test_cluster_yaml_has_cpu_and_gpu_workers_and_installs_the_project() -> None:
+    """A head, a CPU and a GPU worker type; every node installs this project with the pinned constraints."""
+    cfg = load()
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] in types
+    workers = {k: v for k, v in types.items() if k != cfg["head_node_type"]}
+    assert any(v["resources"].get("GPU", 0) >= 1 for v in workers.values()), "no GPU worker type"
+    assert any("GPU" not in v["resources"] for v in workers.values()), "no CPU worker type"
+    assert "." in cfg["file_mounts"].values(), "the repository is not mounted on the nodes"
+    installs = [cfg["head_setup_commands"]] + [v["worker_setup_commands"] for v in workers.values()]
+    for commands in installs:
+        assert any("-c constraints.txt" in c and "-e " in c for c in commands), commands
