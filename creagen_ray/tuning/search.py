@@ -23,7 +23,14 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
 from creagen_ray.bundle import write_bundle
-from creagen_ray.config import ConfigError, ExperimentConfig, apply_overrides, dump_config, read_raw
+from creagen_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    dump_config,
+    read_raw,
+    validate_config,
+)
 from creagen_ray.families import family_class
 from creagen_ray.training import connect_ray, family_from_checkpoint
 from creagen_ray.training.trainer import storage_uri
@@ -120,6 +127,24 @@ def _check_population(cfg: ExperimentConfig, dims: dict[str, Dimension]) -> None
         )
 
 
+def absolute_data_paths(base: dict[str, Any]) -> dict[str, Any]:
+    """data.source / labels / output_dir relative to the driver's directory, made absolute."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        if not isinstance(v, str) or v.startswith("builtin:") or "://" in v:
+            return v
+        return str(Path(v).expanduser().resolve())
+
+    out = copy.deepcopy(base)
+    data = out.get("data") or {}
+    for key in ("source", "labels", "output_dir"):
+        if data.get(key) is not None:
+            data[key] = fix(data[key])
+    return out
+
+
 def run_search(
     raw: dict[str, Any],
     *,
@@ -144,11 +169,13 @@ def run_search(
     if resume and not tune.Tuner.can_restore(str(exp_dir)):
         raise ConfigError(f"--resume: no search to resume at {exp_dir}")
 
+    base = absolute_data_paths(base)  # trial actors run in their own working directories
     connect_ray(address)
     from creagen_ray.data import prepare_data
 
+    prepared_path = None
     if not any(p == "data" or p.startswith("data.") for p in dims):
-        prepare_data(cfg.data, storage_path=storage)  # once, here; trials find it up to date
+        prepared_path = str(prepare_data(validate_config(base).data, storage_path=storage).path)  # once, here
 
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -158,6 +185,7 @@ def run_search(
             metric=metric,
             storage_path=storage,
             runs_dir=str(exp_dir / "trial_runs"),
+            prepared_path=prepared_path,
             faults=faults,
         ),
         {"cpu": cfg.tune.trial_cpus},
@@ -222,7 +250,7 @@ def write_outputs(
         best_cfg_path = exp_dir / "best.yaml"
         best_cfg_path.write_text(dump_config(best_cfg), encoding="utf-8")
         if best_result.checkpoint is not None:
-            prepared = prepare_data(best_cfg.data, storage_path=storage_uri(cfg.train.storage_path))
+            prepared = prepare_data(best_cfg.data, storage_path=storage_uri(cfg.train.storage_path))  # cached
             family = family_from_checkpoint(best_result.checkpoint, best_cfg, prepared)
             metrics = {metric: best_row.final, "trial_id": best_row.trial_id, "search": cfg.name}
             bundle = write_bundle(family, exp_dir / "best_bundle", metrics, prepared.manifest)

@@ -79,10 +79,11 @@ class CreagenTrial(tune.Trainable):
         metric: str = "val_loss",
         storage_path: str = "",
         runs_dir: str = "",
+        prepared_path: str | None = None,
         faults: dict[str, Any] | None = None,
     ) -> None:
-        """Validate the sampled config and prepare (or find) its data; the run starts at the first step."""
-        from creagen_ray.data import prepare_data
+        """Validate the sampled config and load (or prepare) its data; the run starts at the first step."""
+        from creagen_ray.data import load_prepared, prepare_data
 
         self.base, self.forced, self.metric = base or {}, forced or {}, metric
         # tests only: training-loop fault injection for the trials whose sample matches faults["match"]
@@ -90,7 +91,10 @@ class CreagenTrial(tune.Trainable):
         hit = faults and all(config.get(k) == v for k, v in match.items())
         self.faults = {k: v for k, v in faults.items() if k != "match"} if hit else None
         self.cfg = sampled_config(self.base, config, self.forced)
-        self.prepared = prepare_data(self.cfg.data, storage_path=storage_path)  # cached: a no-op
+        if prepared_path:  # the driver prepared the one dataset of the search
+            self.prepared = load_prepared(prepared_path)
+        else:  # the space searches data fields: each trial prepares (or finds) its own
+            self.prepared = prepare_data(self.cfg.data, storage_path=storage_path)
         self.runs_dir = Path(runs_dir)
         self._start_from: str | None = None  # a checkpoint directory (PBT donor or restore)
         self._restored_from = ""  # the Tune checkpoint it came from (reported, so tests can see the donor)
