@@ -1,0 +1,152 @@
+"""Training throughput under Ray Train vs a plain PyTorch loop, DDP scaling, and Ray Data wait share.
+
+    .venv/bin/python bench/train_throughput.py            # RNN + GAN throughput table (~6 min on 2 cores)
+
+(The quality-per-wall-clock comparison is `time creagen train jobs/configs/rnn-shakespeare.yaml`,
+end to end; see docs/benchmarks.md.)
+
+One process, side by side, same model, same per-worker batch, one torch thread per worker:
+  plain     the Family's train_step in a loop over in-memory batches (no Ray at all)
+  ray x1    TorchTrainer, 1 worker, batches streamed by Ray Data
+  ray x2    TorchTrainer, 2 DDP workers (gloo), 0.5 logical CPU each, 1 thread each
+Throughput is the steady state: every report window except the first (pipeline start-up and the
+FeatureNet fit live there); the data-wait share is the time a worker waited for its next batch
+divided by the window's wall time. Start-up is reported separately (time to the first report).
+The numbers depend on what else runs on the machine: say so next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+import torch  # noqa: E402
+
+from creagen_ray.config import ExperimentConfig, load_config  # noqa: E402
+from creagen_ray.families import build_family  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+def rnn_cfg(storage: str, workers: int, steps: int) -> ExperimentConfig:
+    """The rnn-shakespeare model (or the embedded text when ../shared is absent), fixed steps."""
+    source = str(SHAKESPEARE) if SHAKESPEARE.is_file() else "builtin:python-docs"
+    return load_config(
+        ROOT / "jobs/configs/rnn-shakespeare.yaml",
+        [f"data.source={source}", f"train.storage_path={storage}", f"train.num_workers={workers}",
+         f"train.steps={steps}", "train.log_every=50", "train.eval_every=100000", "train.checkpoint_every=100000",
+         "train.torch_threads=1", f"train.cpus_per_worker={1.0 if workers == 1 else 0.5}"],
+    )
+
+
+def gan_cfg(storage: str, workers: int, steps: int) -> ExperimentConfig:
+    """The demo GAN on embedded shapes, fixed steps."""
+    return load_config(
+        ROOT / "jobs/configs/demo-gan.yaml",
+        [f"train.storage_path={storage}", f"train.num_workers={workers}", f"train.steps={steps}",
+         "train.log_every=50", "train.eval_every=100000", "train.checkpoint_every=100000",
+         "train.torch_threads=1", f"train.cpus_per_worker={1.0 if workers == 1 else 0.5}"],
+    )
+
+
+def plain_rate(cfg: ExperimentConfig, prepared: Any, steps: int) -> float:
+    """Items/s of family.train_step over in-memory batches, one thread, after 10 warm-up steps."""
+    torch.set_num_threads(1)
+    col = "tokens" if prepared.spec.modality == "text" else "image"
+    data = torch.as_tensor(prepared.read_numpy("train", [col])[col])
+    if col == "tokens":
+        data = data.long()
+    family = build_family(cfg, prepared.spec, total_steps=steps + 10, tokenizer=prepared.tokenizer)
+    bs = cfg.train.batch_size
+    per_item = data.shape[1] - 1 if col == "tokens" else 1
+    t0 = 0.0
+    for i in range(steps + 10):
+        if i == 10:
+            t0 = time.perf_counter()
+        idx = torch.randint(0, len(data), (bs,))
+        family.train_step({col: data[idx]})
+    return steps * bs * per_item / (time.perf_counter() - t0)
+
+
+def ray_rates(cfg: ExperimentConfig) -> dict[str, float]:
+    """Run train() with a MetricsLogCallback; steady-state items/s (sum of ranks), wait share, start-up."""
+    from creagen_ray.training import MetricsLogCallback, train
+
+    with tempfile.TemporaryDirectory() as d:
+        log = Path(d) / "log.jsonl"
+        t0 = time.perf_counter()
+        train(cfg, progress=False, callbacks=[MetricsLogCallback(str(log))])
+        wall = time.perf_counter() - t0
+        rows = [json.loads(line)["ranks"] for line in log.read_text().splitlines()]
+    steady = rows[1:] or rows
+    return {
+        "items_per_s": statistics.median(sum(r["items_per_s"] for r in ranks) for ranks in steady),
+        "wait_share": statistics.mean(r["data_wait_share"] for ranks in steady for r in ranks),
+        "first_report_s": rows[0][0]["time_s"],
+        "wall_s": wall,
+    }
+
+
+def throughput(name: str, make_cfg: Any, steps: int, storage: str) -> dict[str, Any]:
+    """plain vs ray x1 vs ray x2 for one model; prints and returns the ratios."""
+    from creagen_ray.data import prepare_data
+
+    cfg1 = make_cfg(storage, 1, steps)
+    prepared = prepare_data(cfg1.data, storage_path=storage)
+    plain = plain_rate(cfg1, prepared, min(steps, 200))
+    one = ray_rates(cfg1)
+    two = ray_rates(make_cfg(storage, 2, steps))
+    unit = "tokens/s" if prepared.spec.modality == "text" else "images/s"
+    out = {
+        "model": name,
+        "unit": unit,
+        "plain": plain,
+        "ray_1": one["items_per_s"],
+        "ray_2": two["items_per_s"],
+        "ray1_over_plain": one["items_per_s"] / plain,
+        "ray2_over_ray1": two["items_per_s"] / one["items_per_s"],
+        "wait_share_1": one["wait_share"],
+        "wait_share_2": two["wait_share"],
+        "startup_s_1": one["first_report_s"],
+        "wall_s_2": two["wall_s"],
+    }
+    print(
+        f"{name:4} {unit:9} plain {plain:9,.0f} | ray x1 {one['items_per_s']:9,.0f} ({out['ray1_over_plain']:.2f}x plain)"
+        f" | ray x2 {two['items_per_s']:9,.0f} ({out['ray2_over_ray1']:.2f}x x1)"
+        f" | data wait {one['wait_share']:.1%} / {two['wait_share']:.1%}"
+        f" | first report after {one['first_report_s']:.0f} s",
+        flush=True,
+    )
+    return out
+
+
+def main() -> None:
+    """Parse flags, run the throughput table (and the quality run), print JSON at the end."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=400, help="steps per Ray run")
+    args = p.parse_args()
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
+    results: dict[str, Any] = {"load_avg_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as storage:
+        results["rnn"] = throughput("rnn", rnn_cfg, args.steps, storage)
+        results["gan"] = throughput("gan", gan_cfg, args.steps // 2, storage)
+    results["load_avg_end"] = os.getloadavg()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
