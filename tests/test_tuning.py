@@ -150,6 +150,7 @@ def _assert_cpus_released(ray: Any, timeout_s: float = 30.0) -> None:
     raise AssertionError(f"CPUs still held after the search: {ray.available_resources()}")
 
 
+@pytest.mark.filterwarnings("ignore:Consider boosting PBT performance")  # reuse_actors=False on purpose
 def test_pbt_exploit_continues_from_donor_with_its_new_lr(ray_cluster, storage: Path) -> None:
     """2 trials, synch PBT after the 2nd evaluation: the loser restarts from the winner's checkpoint."""
     from creagen_ray.tuning import run_search
@@ -169,8 +170,8 @@ def test_pbt_exploit_continues_from_donor_with_its_new_lr(ray_cluster, storage: 
     for target, history in histories.items():
         donor = next(t for t in histories if t != target)
         for row in history:
-            if donor not in row.get("restored_from", ""):
-                continue
+            if donor not in row.get("restored_from", "") or row["iterations_since_restore"] != 1:
+                continue  # only the first report of a run started from the donor's checkpoint
             exploits += 1
             # the first report after the exploit: training continued from the donor's checkpoint
             it = row["training_iteration"]
