@@ -25,7 +25,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 
-pytestmark = pytest.mark.slow
+TRAIN_CONFIGS = [
+    "demo-rnn", "demo-vae", "demo-gan", "rnn-shakespeare", "vae-mnist", "dcgan-mnist", "wgan-gp-mnist", "sentence-vae",
+]
+
+
+@pytest.mark.parametrize("name", TRAIN_CONFIGS)
+def test_job_configs_validate(name: str) -> None:
+    """Every training config in jobs/configs/ loads and validates (no Ray needed)."""
+    from creagen_ray.config import load_config
+
+    cfg = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml")
+    assert cfg.train.num_workers == 2
 
 
 def free_port() -> int:
@@ -90,6 +101,7 @@ def job_cluster():
         print(f"job cluster down in {time.perf_counter() - t1:.1f} s")
 
 
+@pytest.mark.slow
 def test_train_job_succeeds(job_cluster: str, tmp_path: Path) -> None:
     """`python jobs/train.py CONFIG` submitted with working_dir=repo finishes SUCCEEDED and writes a bundle."""
     from ray.job_submission import JobStatus, JobSubmissionClient
