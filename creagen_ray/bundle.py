@@ -141,8 +141,12 @@ class Bundle:
         return json.loads(p.read_text()) if p.is_file() else None
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Verify a bundle and rebuild its family with the saved weights, ready to generate."""
+def load_bundle(path: str | Path, device: str | torch.device = "cpu", weights: bool = True) -> Bundle:
+    """Verify a bundle and rebuild its family with the saved weights, ready to generate.
+
+    With `weights=False` (and device="meta") the family is only built, not loaded: a cheap way to
+    describe a bundle (capabilities, spec, vocab) without allocating its weights.
+    """
     root = Path(path)
     manifest = verify_bundle(root)
     try:
@@ -151,11 +155,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         tok_path = root / "tokenizer.json"
         tokenizer = tokenizer_from_dict(json.loads(tok_path.read_text())) if tok_path.is_file() else None
         metrics = json.loads((root / "metrics.json").read_text()) if (root / "metrics.json").is_file() else {}
-    except (ValueError, yaml.YAMLError) as e:
+        family = build_family(cfg, spec, device=device, tokenizer=tokenizer)
+    except (ValueError, TypeError, yaml.YAMLError) as e:
         raise BundleError(f"{root}: invalid bundle contents: {e}") from None
     if cfg.model.family != manifest.get("family"):
         raise BundleError(f"{root}: manifest family {manifest.get('family')!r} != config {cfg.model.family!r}")
-    family = build_family(cfg, spec, device=device, tokenizer=tokenizer)
-    family.load_weights(load_file(str(root / "weights.safetensors"), device=str(device)))
+    if weights:
+        family.load_weights(load_file(str(root / "weights.safetensors"), device=str(device)))
     family.train(False)
     return Bundle(root, cfg, spec, family, tokenizer, metrics, manifest)

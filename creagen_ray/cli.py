@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Callable
 
-from creagen_ray.config import ConfigError, config_schema, dump_config, load_config
+from creagen_ray.config import ConfigError, apply_overrides, config_schema, dump_config, load_config, read_raw, validate_config
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -38,7 +38,14 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise ConfigError("creagen config show needs a CONFIG file")
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    from creagen_ray.tuning.space import parse_space, split_space  # pure: spaces validate without Ray
+
+    raw = apply_overrides(read_raw(args.config), args.overrides)
+    dims = split_space(raw)[1]
+    cfg = parse_space(raw)[2] if dims else validate_config(raw)
+    print(dump_config(cfg), end="")
+    for path, dim in dims.items():  # a tune config: the base above is the space's first corner
+        print(f"# search: {path}: {dim.describe()}")
     return 0
 
 

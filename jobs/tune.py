@@ -1,34 +1,15 @@
-"""Ray Job entrypoint for a hyperparameter search (a door into creagen_ray.tuning; no logic here).
+"""Ray Job entrypoint for a hyperparameter search: `creagen tune` inside a job.
 
     ray job submit --working-dir . -- python jobs/tune.py jobs/configs/rnn-shakespeare-tune.yaml
     ray job submit --working-dir . -- python jobs/tune.py jobs/configs/demo-tune.yaml --resume
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
+from pathlib import Path
 
-from creagen_ray.config import ConfigError
-from creagen_ray.tuning import tune_from_file
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir holds the package
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse CONFIG [--set k=v ...] [--resume] [--address], run the search, print its summary."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search (Tuner.restore)")
-    p.add_argument("--address", default=None, help="Ray address; default: the job's cluster")
-    args = p.parse_args(argv)
-    try:
-        result = tune_from_file(args.config, args.overrides, resume=args.resume, address=args.address)
-    except ConfigError as e:
-        print(f"tune: {e}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    return 0
-
+from creagen_ray.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["tune", *sys.argv[1:]]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -182,3 +183,13 @@ def test_cli_config_schema(capsys):
     assert schema == config_schema()
     assert {"data", "model", "loss", "optimizer", "train", "tune"} <= set(schema["properties"])
     assert "DataConfig" in schema["$defs"] and "GANConfig" in schema["$defs"]
+
+
+def test_config_show_on_a_search_space_prints_base_and_dimensions(capsys) -> None:
+    """`creagen config show` on a tune config: the space's base config plus one line per dimension."""
+    root = Path(__file__).resolve().parents[1]
+    assert main(["config", "show", str(root / "jobs/configs/demo-tune.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "# search: optimizer.lr: loguniform" in out
+    base = yaml.safe_load(out)
+    assert validate_config(base).optimizer.lr > 0

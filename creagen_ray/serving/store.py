@@ -9,19 +9,14 @@ can reach a path outside the store.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 from pydantic import BaseModel, Field
 
-from creagen_ray.bundle import MANIFEST, BundleError, verify_bundle
-from creagen_ray.config import DataSpec, validate_config
-from creagen_ray.families import build_family
-from creagen_ray.tokenizer import tokenizer_from_dict
+from creagen_ray.bundle import MANIFEST, BundleError, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +75,16 @@ def inside(root: Path, candidate: Path) -> bool:
 
 def read_info(model_id: str, path: Path) -> ModelInfo:
     """Verify a bundle and describe it without loading its weights (capabilities via a meta-device build)."""
-    manifest = verify_bundle(path)
-    try:
-        cfg = validate_config(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
-        spec = DataSpec.model_validate_json((path / "spec.json").read_text(encoding="utf-8"))
-        tok_file = path / "tokenizer.json"
-        tok = tokenizer_from_dict(json.loads(tok_file.read_text())) if tok_file.is_file() else None
-        metrics_file = path / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        family = build_family(cfg, spec, device="meta", tokenizer=tok)  # no memory for weights
-    except (ValueError, TypeError, yaml.YAMLError) as e:
-        raise BundleError(f"{path}: invalid bundle contents: {e}") from None
-    if manifest.get("family") != family.name:
-        raise BundleError(f"{path}: manifest family {manifest.get('family')!r} != config {family.name!r}")
+    b = load_bundle(path, device="meta", weights=False)  # no memory for weights
     return ModelInfo(
         id=model_id,
-        family=family.name,
-        modality=spec.modality,
-        capabilities=sorted(family.capabilities),
-        metrics=metrics,
-        spec=spec.model_dump(exclude_none=True),
-        path=str(path.resolve()),
-        vocab=getattr(tok, "chars", None),
+        family=b.family.name,
+        modality=b.spec.modality,
+        capabilities=sorted(b.family.capabilities),
+        metrics=b.metrics,
+        spec=b.spec.model_dump(exclude_none=True),
+        path=str(b.path.resolve()),
+        vocab=getattr(b.tokenizer, "chars", None),
     )
 
 
