@@ -5,7 +5,7 @@
     print(prepared.summary())
 """
 
-from creagen_ray.data.prepare import PreparedData, ensure_ray, load_prepared, prepare_data
+from creagen_ray.data.prepare import PreparedData, load_prepared, prepare_data
 from creagen_ray.data.sources import DataError
 
-__all__ = ["DataError", "PreparedData", "ensure_ray", "load_prepared", "prepare_data"]
+__all__ = ["DataError", "PreparedData", "load_prepared", "prepare_data"]

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from creagen_ray.cluster import connect_ray
 from creagen_ray.config import DataConfig, DataSpec
 from creagen_ray.data.sources import (
     DataError,
@@ -105,7 +106,7 @@ class PreparedData:
         files = self.files(split)
         if not files:
             return None
-        ensure_ray()
+        connect_ray()
         return ray.data.read_parquet([str(f) for f in files]).select_columns(columns or self.columns)
 
     def train_dataset(self, columns: list[str] | None = None):
@@ -236,7 +237,7 @@ def prepare_data(cfg: DataConfig, storage_path: str, force: bool = False) -> Pre
         "splits": {},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    ensure_ray()
+    connect_ray()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -261,18 +262,6 @@ def default_output_dir(cfg: DataConfig, storage_path: str, checksum: str) -> Pat
     first = cfg.source[0] if isinstance(cfg.source, list) else cfg.source
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(first.removeprefix("builtin:")).name.split(".")[0]).strip("-")
     return Path(storage_path).expanduser() / "data" / f"{stem or 'data'}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def ensure_ray() -> None:
-    """Start a local Ray runtime unless one is already initialized (respects RAY_ADDRESS)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:  # "local": a fresh runtime, never silently attaching to someone else's cluster
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
-import ray
 from ray import serve
+
+from creagen_ray.cluster import connect_ray
 
 from creagen_ray.serving.app import build_app
 from creagen_ray.serving.settings import ServeConfig
@@ -17,15 +16,7 @@ APP_NAME = "creagen"
 
 def start_serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
     """Start Ray (if needed) and Serve, deploy the app for `config`; returns the base URL."""
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        package_root = str(Path(__file__).resolve().parents[2])  # replicas import creagen_ray from here too
-        pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
-            include_dashboard=False,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-        )
+    connect_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"

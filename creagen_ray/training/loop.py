@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from creagen_ray.config import DataSpec, ExperimentConfig, validate_config
+from creagen_ray.config import DataSpec, validate_config
 from creagen_ray.families import Family, build_family
 from creagen_ray.tokenizer import tokenizer_from_dict
 from creagen_ray.training.checkpoint import (

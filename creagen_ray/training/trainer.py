@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from creagen_ray.bundle import write_bundle
+from creagen_ray.cluster import connect_ray
 from creagen_ray.config import ExperimentConfig
 from creagen_ray.families import Family, build_family
 from creagen_ray.training.checkpoint import load_ray_checkpoint
@@ -73,34 +73,6 @@ def default_run_name(cfg: ExperimentConfig) -> str:
 def storage_uri(path: str) -> str:
     """Local storage paths made absolute (Ray Train wants that); URIs (s3://, gs://) unchanged."""
     return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def connect_ray(address: str | None = None) -> None:
-    """Join Ray: `address` when given; else a running cluster; else a private local one.
-
-    "A running cluster" is RAY_ADDRESS (set inside Ray Jobs) or the cluster `ray start` recorded
-    in <tmp>/ray/ray_current_cluster (then address="auto"). A bare "auto" would also latch onto any
-    Ray process found by scanning `ps` (e.g. another user's test session), so it is not tried
-    otherwise. `address="local"` always starts a private runtime (the demo uses that). Never
-    re-initializes when Ray is already up; a local runtime has no dashboard (about 0.9 GB less).
-    """
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address and address != "local":
-        ray.init(address=address)
-        return
-    if address is None:
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()
-            return
-        if (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").is_file():
-            try:
-                ray.init(address="auto")
-                return
-            except ConnectionError:  # a stale record of a stopped cluster
-                pass
-    ray.init(address="local", include_dashboard=False)
 
 
 def steps_per_epoch(cfg: ExperimentConfig, train_rows: int) -> int:
