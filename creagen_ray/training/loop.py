@@ -27,6 +27,7 @@ and the progress printer see.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import signal
@@ -249,6 +250,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     Train V2 Result.metrics are those of the last *checkpoint*, so a divergence that wrote none
     must travel in the return value.
     """
+    # Ray logs every report of every rank at INFO; our progress lines come from the controller.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     cfg = validate_config(config["cfg"])
     spec = DataSpec.model_validate(config["spec"])
     tokenizer = tokenizer_from_dict(config["tokenizer"]) if config.get("tokenizer") else None
