@@ -9,12 +9,14 @@ builtin:shapes images for the VAE and the GAN: nothing is downloaded, ../shared 
     gan_samples.png        64 generated images;      gan_interpolation.png a latent walk
     metrics.json           per family: final metrics, first/last train loss, wall time, bundle path
     <family>_log.jsonl     every report of every rank (MetricsLogCallback)
-    <run name>/bundle      the verified bundles (`creagen generate` / `creagen serve` take them)
+    bundles/<family>       the verified bundles (`creagen generate` / `creagen serve` take them)
+    <run name>/            the Ray Train runs: checkpoints and the bundle each exported
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -75,11 +77,14 @@ def run_demo(out_dir: str = "runs/demo", families: list[str] | None = None, step
         result = train(cfg, callbacks=[MetricsLogCallback(str(log))])
         wall = time.perf_counter() - t0
         reports = [json.loads(line)["ranks"][0] for line in log.read_text().splitlines()]
-        bundle = load_bundle(result.bundle_path)
+        served = out / "bundles" / family  # `creagen serve <out>/bundles` serves them as rnn / vae / gan
+        shutil.rmtree(served, ignore_errors=True)
+        shutil.copytree(result.bundle_path, served)
+        bundle = load_bundle(served)  # verifies the copy's sha256 manifest
         files = write_samples(family, bundle, out)
         summary[family] = {
             "wall_s": round(wall, 1),
-            "bundle": str(result.bundle_path),
+            "bundle": str(served),
             "samples": [str(f) for f in files],
             "loss_first_report": reports[0].get("loss"),
             "loss_last_report": reports[-1].get("loss"),
@@ -90,4 +95,5 @@ def run_demo(out_dir: str = "runs/demo", families: list[str] | None = None, step
     summary["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
     print(f"demo finished in {summary['total_wall_s']:.0f} s; samples and metrics.json in {out}")
+    print(f"serve the generators: creagen serve {out / 'bundles'}")
     return 0
