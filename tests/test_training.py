@@ -167,7 +167,7 @@ def test_vae_ddp_bundle_png_and_tampered_bundle(ray_cluster, storage: Path, tmp_
 
 
 def test_gan_ddp_with_feature_net(ray_cluster, storage: Path, tmp_path: Path) -> None:
-    """2-worker DCGAN: D's loss falls from chance, FID is finite, replicas equal, the bundle generates."""
+    """2-worker DCGAN: FID falls by a quarter, replicas stay equal, the bundle generates."""
     log_path = tmp_path / "gan.jsonl"
     cfg = image_cfg(storage, {"family": "gan", "latent_dim": 16, "g_channels": 16, "d_channels": 16})
     res = train(cfg, run_name="gan", progress=False, callbacks=[MetricsLogCallback(str(log_path))])
@@ -175,8 +175,9 @@ def test_gan_ddp_with_feature_net(ray_cluster, storage: Path, tmp_path: Path) ->
     first, last = log[0]["ranks"][0]["loss_d"], log[-1]["ranks"][0]["loss_d"]
     fids = [r["ranks"][0]["val_fid"] for r in log if "val_fid" in r["ranks"][0]]
     print(f"gan loss_d {first:.3f} -> {last:.3f}, val_fid {fids}")
-    assert last < first, f"D loss did not fall: {first} -> {last}"
+    # D's loss is no progress measure for a GAN (it rises again as G improves); FID is
     assert fids and all(math.isfinite(f) and f >= 0 for f in fids)
+    assert fids[-1] < 0.75 * fids[0], f"FID did not fall: {fids}"
     assert_replicas_in_sync(log)
     images = load_bundle(res.bundle_path).generate(ImageRequest(n=3, seed=0))
     assert images.shape == (3, 1, 16, 16)
