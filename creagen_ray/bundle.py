@@ -54,8 +54,18 @@ def write_bundle(
     out_dir: str | Path,
     metrics: dict[str, Any] | None = None,
     data_manifest: dict[str, Any] | None = None,
-) -> Path:
-    """Export a trained family as a verified bundle directory (written to a temp dir, then renamed)."""
+) -> Path | str:
+    """Export a trained family as a verified bundle directory (written to a temp dir, then renamed).
+
+    `out_dir` may be a storage URI (s3://, gs://): the bundle is built locally, uploaded with its
+    manifest last (a reader never trusts a folder without one) and the URI is returned.
+    """
+    from creagen_ray import storage
+
+    if storage.is_uri(out_dir):
+        with tempfile.TemporaryDirectory(prefix="creagen-bundle-") as tmp:
+            local = write_bundle(family, Path(tmp) / "bundle", metrics, data_manifest)
+            return storage.upload_dir(local, str(out_dir), last=MANIFEST)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -145,9 +155,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", weights: b
     """Verify a bundle and rebuild its family with the saved weights, ready to generate.
 
     With `weights=False` (and device="meta") the family is only built, not loaded: a cheap way to
-    describe a bundle (capabilities, spec, vocab) without allocating its weights.
+    describe a bundle (capabilities, spec, vocab) without allocating its weights. A storage URI
+    is first fetched into this node's bundle cache (storage.fetch_bundle), then verified here.
     """
-    root = Path(path)
+    from creagen_ray import storage
+
+    root = storage.fetch_bundle(str(path)) if storage.is_uri(path) else Path(path)
     manifest = verify_bundle(root)
     try:
         cfg = validate_config(yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")))

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("generate", help="generate text or images from a bundle or a server")
-    p.add_argument("bundle", nargs="?", help="bundle directory (omit with --url)")
+    p.add_argument("bundle", nargs="?", help="bundle directory or storage URI, e.g. s3://bucket/runs/RUN/bundle (omit with --url)")
     p.add_argument("--url", help="base URL of a running `creagen serve`")
     p.add_argument("--model", help="model id on the server")
     p.add_argument("--api-key", default=None)
@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("serve", help="serve bundles with Ray Serve on 127.0.0.1")
-    p.add_argument("bundles", nargs="+", help="bundle directories, or folders holding bundles")
+    p.add_argument(
+        "bundles", nargs="+", help="bundle directories, folders holding bundles or runs, or storage URIs (s3://bucket/runs)"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require this key in the X-API-Key header")

@@ -55,3 +55,102 @@ def shakespeare_path() -> Path:
 def mnist_paths() -> tuple[Path, Path]:
     """The MNIST t10k images and labels idx files (skips when absent)."""
     return _shared("mnist/t10k-images-idx3-ubyte.gz"), _shared("mnist/t10k-labels-idx1-ubyte.gz")
+
+
+# ----------------------------------------------------------------------------------------------
+# a real S3 endpoint: moto's standalone server on a loopback port, with IAM authentication on
+
+
+class S3Endpoint:
+    """A running moto S3 server: its URL, a bucket, and the environment a client needs."""
+
+    def __init__(self, url: str, bucket: str, access_key: str, secret_key: str) -> None:
+        self.url, self.bucket = url, bucket
+        self.env = {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",  # no instance-role lookup on a test machine
+        }
+
+    def uri(self, *parts: str) -> str:
+        """s3://<bucket>/<parts...>."""
+        return "/".join([f"s3://{self.bucket}", *(p.strip("/") for p in parts)])
+
+    def client(self):
+        """A boto3 S3 client with the test credentials (to inspect or tamper with objects)."""
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.url, region_name="us-east-1",
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under `prefix` in the bucket."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto_server on 127.0.0.1:<free port>; an IAM user allowed s3:* and a bucket, then auth is enforced.
+
+    Requests with a wrong or missing key are refused from then on, as real S3 does.
+    """
+    import json
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    pytest.importorskip("moto", reason="moto[server] is in the [test] extras")
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"moto_server did not start on {url}") from None
+                time.sleep(0.2)
+        setup = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam = boto3.client("iam", **setup)
+        iam.create_user(UserName="creagen")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="creagen", PolicyName="s3-all", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="creagen")["AccessKey"]
+        boto3.client("s3", **setup).create_bucket(Bucket="creagen")
+        req = urllib.request.Request(
+            f"{url}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+        )
+        urllib.request.urlopen(req, timeout=10).close()  # from now on every request is authenticated
+        yield S3Endpoint(url, "creagen", key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture()
+def s3(s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Endpoint:
+    """The S3 endpoint with its credentials in this process's environment (and a private bundle cache)."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CREAGEN_CACHE_DIR", str(tmp_path / "cache"))
+    return s3_server

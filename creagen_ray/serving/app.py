@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from creagen_ray import storage
 from creagen_ray.bundle import Bundle, BundleError, load_bundle
 from creagen_ray.config import TextRequest
 from creagen_ray.serving import engine
@@ -40,16 +41,20 @@ _DEFAULT_BATCH = BatchSettings()
 class Generator:
     """One family's replicas: multiplexed bundles, batched generation, streaming, reconstruction."""
 
-    def __init__(self, family: str, bundles: dict[str, str], max_models: int) -> None:
+    def __init__(self, family: str, bundles: dict[str, str], max_models: int, digests: dict[str, str] | None = None) -> None:
         self.family = family
-        self.paths = bundles  # model id -> verified bundle dir (from the ingress's store scan)
+        self.paths = bundles  # model id -> verified bundle dir or storage URI (from the store scan)
+        self.digests = digests or {}  # model id -> manifest sha256 pinned at the scan (URIs only)
         self.batch = _DEFAULT_BATCH
         self.batch_sizes: dict[str, Counter[int]] = {"text": Counter(), "image": Counter()}
 
         async def load(model_id: str) -> Bundle:
             if model_id not in self.paths:
                 raise UnknownModel(f"model {model_id!r} is not a {family} bundle served here")
-            return await asyncio.to_thread(load_bundle, self.paths[model_id])  # re-verifies sha256
+            path = self.paths[model_id]
+            if storage.is_uri(path):  # into this node's cache, refused if changed since the scan
+                path = await asyncio.to_thread(storage.fetch_bundle, path, self.digests.get(model_id))
+            return await asyncio.to_thread(load_bundle, path)  # re-verifies sha256
 
         # wrapped here, not with a class decorator, so the LRU bound comes from the config
         self.load = serve.multiplexed(max_num_models_per_replica=max_models)(load)
@@ -155,7 +160,7 @@ def build_app(config: ServeConfig | dict[str, Any]) -> serve.Application:
         raise BundleError(f"no verified bundle under {config.bundles}; refused: {store.rejected}")
     generators = {
         family: Generator.options(name=family, **config.family(family).deployment_options()).bind(
-            family, paths, config.family(family).max_num_models_per_replica
+            family, paths, config.family(family).max_num_models_per_replica, store.digests()
         )
         for family, paths in sorted(store.families().items())
     }

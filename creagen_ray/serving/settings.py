@@ -59,7 +59,9 @@ class FamilySettings(Strict):
 class ServeConfig(Strict):
     """Everything the serving app needs: bundle sources, HTTP limits, per-family deployments."""
 
-    bundles: list[str] = Field(..., min_length=1, description="bundle dirs, or folders holding bundles")
+    bundles: list[str] = Field(
+        ..., min_length=1, description="bundle dirs, folders holding bundles, or storage URIs (s3://bucket/runs)"
+    )
     api_key: str | None = Field(None, min_length=1, description="when set, requests need X-API-Key")
     max_body_bytes: int = Field(2 * 2**20, ge=1024, description="larger request bodies get 413")
     ingress_max_ongoing_requests: int = Field(256, ge=1)

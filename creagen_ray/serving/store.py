@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, Field
 
+from creagen_ray import storage
 from creagen_ray.bundle import MANIFEST, BundleError, load_bundle
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class ModelInfo(BaseModel):
     capabilities: list[str]
     metrics: dict[str, Any] = Field(default_factory=dict)
     spec: dict[str, Any] = Field(default_factory=dict)
-    path: str = Field(..., exclude=True)
+    path: str = Field(..., exclude=True, description="bundle folder, or its storage URI")
+    digest: str | None = Field(None, exclude=True, description="sha256 of a remote bundle's manifest (pinned)")
     vocab: list[str] | None = Field(None, exclude=True, description="char vocab: prompts must stay inside it")
 
 
@@ -88,6 +90,50 @@ def read_info(model_id: str, path: Path) -> ModelInfo:
     )
 
 
+def remote_bundles(source: str) -> list[tuple[str, str]]:
+    """(model id, URI) of the bundles in a storage folder: the folder itself, `<id>/` or `<id>/bundle/`.
+
+    `<id>/bundle/` is how training lays out runs (`<storage_path>/<run>/bundle`), so serving a
+    storage path serves every finished run under its run name. A bundle folder named `bundle` is
+    served under its run folder's name.
+    """
+    def named(uri: str) -> str:
+        parts = uri.rstrip("/").split("/")
+        return parts[-2] if parts[-1] == "bundle" and len(parts) > 3 else parts[-1]
+
+    if storage.exists(storage.join(source, MANIFEST)):
+        return [(named(source), source)]
+    out = []
+    for name in storage.list_dirs(source):
+        for uri in (storage.join(source, name), storage.join(source, name, "bundle")):
+            if storage.exists(storage.join(uri, MANIFEST)):
+                out.append((name, uri))
+                break
+    return out
+
+
+def scan_remote(source: str, models: dict[str, ModelInfo], rejected: dict[str, str]) -> None:
+    """Fetch and verify every bundle under a storage URI (into this node's cache) and describe it.
+
+    The ModelInfo keeps the URI and the manifest's sha256: each replica fetches the same bundle
+    into its own node's cache and refuses it if the manifest changed since this scan.
+    """
+    if not storage.exists(source):
+        raise FileNotFoundError(f"bundle source {source} does not exist (or is not readable with these credentials)")
+    for model_id, uri in remote_bundles(source):
+        try:
+            check_model_id(model_id)
+            if model_id in models or model_id in rejected:
+                raise BundleError(f"duplicate model id {model_id!r} ({uri}); keeping the first")
+            local = storage.fetch_bundle(uri)
+            info = read_info(model_id, local)
+            models[model_id] = info.model_copy(update={"path": uri, "digest": local.name})
+        except (BundleError, StoreError) as e:
+            log.warning("not serving bundle %s: %s", uri, e)
+            if model_id not in models:
+                rejected.setdefault(model_id, str(e))
+
+
 class BundleStore:
     """The served catalog: model id -> verified ModelInfo, plus ids rejected with a reason."""
 
@@ -101,6 +147,9 @@ class BundleStore:
         models: dict[str, ModelInfo] = {}
         rejected: dict[str, str] = {}
         for source in sources:
+            if storage.is_uri(str(source)):
+                scan_remote(str(source), models, rejected)
+                continue
             src = Path(source).expanduser()
             if not src.is_dir():
                 raise FileNotFoundError(f"bundle source {src} is not a directory")
@@ -131,6 +180,10 @@ class BundleStore:
         if model_id in self.rejected:
             raise RejectedModel(f"model {model_id!r} is not served: {self.rejected[model_id]}")
         raise UnknownModel(f"unknown model {model_id!r}; served: {sorted(self.models)}")
+
+    def digests(self) -> dict[str, str]:
+        """model id -> pinned manifest sha256, for the bundles that live behind a storage URI."""
+        return {i: m.digest for i, m in self.models.items() if m.digest}
 
     def families(self) -> dict[str, dict[str, str]]:
         """family -> {model id: bundle path}: what each family deployment may load."""

@@ -30,6 +30,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from creagen_ray import storage
 from creagen_ray.bundle import write_bundle
 from creagen_ray.cluster import connect_ray
 from creagen_ray.config import ExperimentConfig
@@ -55,7 +56,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainResult:
     """What a finished training run left behind."""
 
-    bundle_path: Path | None
+    bundle_path: Path | str | None  # a local folder, or a storage URI (s3://.../<run>/bundle)
     metrics: dict[str, Any]
     run_dir: str
     checkpoint: Any  # ray.train.Checkpoint of the last checkpoint
@@ -73,6 +74,15 @@ def default_run_name(cfg: ExperimentConfig) -> str:
 def storage_uri(path: str) -> str:
     """Local storage paths made absolute (Ray Train wants that); URIs (s3://, gs://) unchanged."""
     return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def ray_storage(path: str) -> dict[str, Any]:
+    """RunConfig's storage_path (+ storage_filesystem for a URI: endpoint from the environment, no secrets)."""
+    path = storage_uri(path)
+    if not storage.is_uri(path):
+        return {"storage_path": path}
+    fs, inner = storage.resolve(path)
+    return {"storage_path": inner, "storage_filesystem": fs}
 
 
 def steps_per_epoch(cfg: ExperimentConfig, train_rows: int) -> int:
@@ -159,7 +169,7 @@ def build_trainer(
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_uri(storage_path or t.storage_path),
+            **ray_storage(storage_path or t.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
             callbacks=cbs,
@@ -205,10 +215,9 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def local_run_dir(storage_path: str, run_name: str) -> Path:
-    """Where the bundle goes: the run's folder for local storage, ./runs/<run> for remote URIs."""
-    base = Path("runs") if "://" in storage_path else Path(storage_uri(storage_path))
-    return base / run_name
+def bundle_location(storage_path: str, run_name: str) -> str:
+    """Where the bundle goes: `<storage_path>/<run>/bundle`, next to the run's checkpoints (a path or a URI)."""
+    return storage.join(storage_uri(storage_path), run_name, "bundle")
 
 
 def train(
@@ -223,6 +232,7 @@ def train(
     """Prepare data, train with Ray Train (DDP), and export a verified bundle; see the module doc."""
     from creagen_ray.data import prepare_data
 
+    storage.check_writable(storage_uri(cfg.train.storage_path))  # bad credentials/bucket: fail before any work
     connect_ray(address)
     if progress:  # our progress lines replace Ray Data's bars (the context travels to the workers)
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -236,6 +246,5 @@ def train(
         raise RuntimeError(f"run {name} finished without a checkpoint; nothing to export")
     family = family_from_checkpoint(result.checkpoint, cfg, prepared)
     metrics = {**scalar_metrics(result.metrics), "run_name": name}
-    run_dir = local_run_dir(cfg.train.storage_path, name)
-    bundle = write_bundle(family, run_dir / "bundle", metrics, prepared.manifest)
+    bundle = write_bundle(family, bundle_location(cfg.train.storage_path, name), metrics, prepared.manifest)
     return TrainResult(bundle, metrics, str(result.path), result.checkpoint, family)
