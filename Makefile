@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean lock
 
 install: $(STAMP)
 
@@ -28,3 +28,17 @@ test-fast: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Lock files for cluster nodes (cluster.yaml, deploy/Dockerfile, deploy/k8s): every runtime
+# dependency pinned for Linux x86_64 / CPython 3.11 (the rayproject/ray:*-py311 images).
+# CPU nodes: torch's CPU wheel (2.13.0+cpu, from the PyTorch CPU index); GPU nodes: PyPI's CUDA wheel.
+# Needs `uv` (pip install uv). Where the PyTorch index is unreachable but the wheel is on disk:
+#   make lock TORCH_CPU_SOURCE="--find-links /opt/wheels"
+UV ?= uv
+TORCH_CPU_SOURCE ?= --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match
+LOCK_FLAGS = pyproject.toml --extra tracking --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--no-emit-package creagen-ray --custom-compile-command "make lock" -q
+lock:
+	$(UV) pip compile $(LOCK_FLAGS) -c deploy/torch-cpu.txt $(TORCH_CPU_SOURCE) -o deploy/requirements-cpu.lock
+	sed -i '1i --extra-index-url https://download.pytorch.org/whl/cpu' deploy/requirements-cpu.lock
+	$(UV) pip compile $(LOCK_FLAGS) -c constraints.txt -o deploy/requirements-gpu.lock

@@ -27,7 +27,7 @@ def test_cluster_yaml_validates_against_ray_schema() -> None:
 
 
 def test_cluster_yaml_has_cpu_and_gpu_workers_and_installs_the_project() -> None:
-    """A head, a CPU and a GPU worker type; every node installs this project with the pinned constraints."""
+    """A head, a CPU and a GPU worker type; every node installs the locked dependencies, then the project."""
     cfg = load()
     types = cfg["available_node_types"]
     assert cfg["head_node_type"] in types
@@ -36,5 +36,6 @@ def test_cluster_yaml_has_cpu_and_gpu_workers_and_installs_the_project() -> None
     assert any("GPU" not in v["resources"] for v in workers.values()), "no CPU worker type"
     assert "." in cfg["file_mounts"].values(), "the repository is not mounted on the nodes"
     installs = [cfg["head_setup_commands"]] + [v["worker_setup_commands"] for v in workers.values()]
-    for commands in installs:
-        assert any("-c constraints.txt" in c and "-e " in c for c in commands), commands
+    for commands, lock in zip(installs, ["cpu"] + ["gpu" if "GPU" in v["resources"] else "cpu" for v in workers.values()]):
+        assert any(f"-r deploy/requirements-{lock}.lock" in c and "--no-deps -e ." in c for c in commands), commands
+        assert (ROOT / f"deploy/requirements-{lock}.lock").is_file()
