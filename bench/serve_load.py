@@ -183,7 +183,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     one = {"autoscaling": {"min_replicas": 1, "max_replicas": 1}, "batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.002},
            "num_cpus": 0.5}
-    serve.run(build_app(ServeConfig(bundles=[str(store)], rnn=one, gan=one)), name="creagen", route_prefix="/")
+    serve.run(build_app(ServeConfig(bundles=[str(store)], families={"rnn": one, "gan": one})), name="creagen", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     table("serve-batched", url, args.seconds, results)
     for fam, st in httpx.get(f"{url}/v1/stats").json()["families"].items():
@@ -198,7 +198,7 @@ def main() -> None:
     # -- autoscaling 1 -> 2 -> 1 ------------------------------------------------------------------
     scaling = {"autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 2,
                                "downscale_delay_s": 5}, "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}, "num_cpus": 0.5}
-    serve.run(build_app(ServeConfig(bundles=[str(store)], rnn=one, gan=scaling)), name="creagen", route_prefix="/")
+    serve.run(build_app(ServeConfig(bundles=[str(store)], families={"rnn": one, "gan": scaling})), name="creagen", route_prefix="/")
     print("autoscaling (gan: min 1, max 2, target 2 ongoing requests per replica):", flush=True)
     autoscaling(url, args.autoscale_seconds)
     serve.shutdown()

@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="main job: train one small generator per family on embedded data")
     p.add_argument("--out", default="runs/demo", help="where samples, metrics and bundles go")
-    p.add_argument("--families", nargs="+", default=["rnn", "vae", "gan"], choices=["rnn", "vae", "gan"])
+    from creagen_ray.demo import demo_families
+
+    demos = demo_families()
+    p.add_argument("--families", nargs="+", default=demos, choices=demos, help="default: every family with a demo config")
     p.add_argument("--steps", type=int, default=None, help="override training steps per family")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -58,59 +66,51 @@ class DataConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------
-# model families (a discriminated union: a field of the wrong family is an error)
+# model families: each family's file declares its own config model (families/<name>.py); the
+# `model:` field is the discriminated union of every registered family's model, built on first use
 
 
-class RNNConfig(Strict):
-    """Character/byte-level recurrent language model."""
-
-    family: Literal["rnn"] = "rnn"
-    cell: Literal["gru", "lstm"] = "gru"
-    embed_dim: int = Field(64, ge=1)
-    hidden_size: int = Field(256, ge=1)
-    num_layers: int = Field(2, ge=1, le=16)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    tie_weights: bool = False
+class FamilyConfig(Strict):
+    """Base of a family's model config; a subclass declares `family: Literal["<name>"] = "<name>"`."""
 
 
-class VAEConfig(Strict):
-    """Conv VAE for images, or the sentence VAE (GRU encoder/decoder) for text."""
+class ModelConfig:
+    """The `model:` field: a union of the registered families' config models, tagged by `family`."""
 
-    family: Literal["vae"] = "vae"
-    arch: Literal["conv", "sentence"] = "conv"
-    latent_dim: int = Field(16, ge=1, le=4096)
-    base_channels: int = Field(32, ge=4, description="conv arch: channels of the first conv layer")
-    beta: float = Field(1.0, ge=0.0, description="weight of the KL term (beta-VAE)")
-    kl_anneal_steps: int = Field(0, ge=0, description="KL weight rises linearly 0 -> beta over these steps")
-    embed_dim: int = Field(64, ge=1, description="sentence arch")
-    hidden_size: int = Field(256, ge=1, description="sentence arch")
-    word_dropout: float = Field(0.0, ge=0.0, le=1.0, description="sentence arch: decoder input dropout")
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        from creagen_ray.families import family_classes
+
+        models = tuple(f.config_model for f in family_classes().values())
+        union = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="family")]
+        return handler(union)
 
 
-class GANConfig(Strict):
-    """DCGAN generator and discriminator (critic for WGAN-GP)."""
+def _default_model() -> FamilyConfig:
+    from creagen_ray.families import family_class
 
-    family: Literal["gan"] = "gan"
-    latent_dim: int = Field(64, ge=1, le=4096)
-    g_channels: int = Field(64, ge=4)
-    d_channels: int = Field(64, ge=4)
-    n_critic: int = Field(1, ge=1, le=20, description="critic steps per generator step (5 for WGAN-GP)")
+    return family_class("rnn").config_model()
 
 
-ModelConfig = Annotated[Union[RNNConfig, VAEConfig, GANConfig], Field(discriminator="family")]
+def rebuild_config() -> None:
+    """Rebuild ExperimentConfig's schema after a family registered (families.register_family calls it)."""
+    ExperimentConfig.model_rebuild(force=True)
 
-LOSSES_BY_FAMILY: dict[str, tuple[str, ...]] = {
-    "rnn": ("cross_entropy",),
-    "vae": ("mse", "bce"),
-    "gan": ("bce", "hinge", "wasserstein"),
-}
-DEFAULT_LOSS: dict[str, str] = {"rnn": "cross_entropy", "vae": "bce", "gan": "bce"}
+
+def __getattr__(name: str) -> Any:
+    """The builtin families' config models, re-exported from their files (RNNConfig, VAEConfig, ...)."""
+    homes = {"RNNConfig": "rnn", "VAEConfig": "vae", "GANConfig": "gan", "TextGANConfig": "textgan"}
+    if name in homes:
+        from creagen_ray.families import family_class
+
+        return family_class(homes[name]).config_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LossConfig(Strict):
     """The loss a family trains with; `None` picks the family's default."""
 
-    name: Literal["cross_entropy", "mse", "bce", "hinge", "wasserstein"] | None = None
+    name: str | None = Field(None, description="one of the family's losses (its declaration lists them)")
     gp_lambda: float = Field(10.0, ge=0.0, description="gradient-penalty weight (wasserstein)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
@@ -190,29 +190,36 @@ class TuneConfig(Strict):
 class ExperimentConfig(Strict):
     """The root: one experiment = data + model + loss + optimizers + training (+ tuning)."""
 
+    # built on first use: the `model` union imports the registered families (and torch)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), defer_build=True)
+
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=RNNConfig)
+    model: ModelConfig = Field(default_factory=_default_model)
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    optimizer_d: OptimizerConfig | None = Field(None, description="GAN discriminator/critic; default = optimizer")
+    optimizer_d: OptimizerConfig | None = Field(
+        None, description="a second optimizer (GAN discriminator/critic); default = optimizer"
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentConfig":
-        fam = self.model.family
+        from creagen_ray.families import family_class
+
+        name = self.model.family
+        fam = family_class(name)
         if self.loss.name is None:
-            self.loss.name = DEFAULT_LOSS[fam]
-        if self.loss.name not in LOSSES_BY_FAMILY[fam]:
-            raise ValueError(
-                f"loss.name={self.loss.name!r} is not a {fam} loss; choose one of {list(LOSSES_BY_FAMILY[fam])}"
-            )
-        want = "image" if fam == "gan" or (fam == "vae" and self.model.arch == "conv") else "text"
-        if self.data.modality != want:
-            raise ValueError(f"data.modality={self.data.modality!r} but model.family={fam!r} needs {want!r} data")
-        if self.optimizer_d is not None and fam != "gan":
-            raise ValueError("optimizer_d is only for model.family='gan'")
+            self.loss.name = fam.default_loss
+        if self.loss.name not in fam.losses:
+            raise ValueError(f"loss.name={self.loss.name!r} is not a {name} loss; choose one of {list(fam.losses)}")
+        want = fam.data_modalities(self.model)
+        if self.data.modality not in want:
+            need = " or ".join(repr(m) for m in sorted(want))
+            raise ValueError(f"data.modality={self.data.modality!r} but model.family={name!r} needs {need} data")
+        if self.optimizer_d is not None and not fam.d_optimizers:
+            raise ValueError(f"optimizer_d is only for a family with a second optimizer; model.family={name!r} has one")
         return self
 
     @property
@@ -279,12 +286,14 @@ class InterpolateRequest(Strict):
 
 def format_validation_error(err: ValidationError) -> str:
     """One line per bad field: `path.to.field: message (got value)`."""
+    from creagen_ray.families import family_names
+
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         # drop the discriminator tag pydantic inserts into union paths (model.rnn.x -> model.x)
         parts = path.split(".")
-        if len(parts) > 1 and parts[0] == "model" and parts[1] in LOSSES_BY_FAMILY:
+        if len(parts) > 1 and parts[0] == "model" and parts[1] in family_names():
             parts.pop(1)
         path = ".".join(parts) or "<root>"
         got = e.get("input")

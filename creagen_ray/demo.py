@@ -22,10 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from creagen_ray.config import ExperimentConfig, ImageRequest, InterpolateRequest, TextRequest, load_config
-from creagen_ray.images import save_png_grid
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 PROMPTS = ["def ", "The ", "import ", "class "]
+
+
+def demo_families() -> list[str]:
+    """Every registered family that has a jobs/configs/demo-<family>.yaml, in registry order."""
+    from creagen_ray.families import family_names
+
+    return [f for f in family_names() if (CONFIGS / f"demo-{f}.yaml").is_file()]
 
 
 def demo_config(family: str, out_dir: Path, steps: int | None) -> ExperimentConfig:
@@ -41,6 +47,8 @@ def demo_config(family: str, out_dir: Path, steps: int | None) -> ExperimentConf
 
 def write_samples(family: str, bundle: Any, out_dir: Path) -> list[Path]:
     """Generate from a trained bundle: a text file for text models, PNG grids for image models."""
+    from creagen_ray.images import save_png_grid  # torch: imported only when the demo runs
+
     if bundle.modality == "text":
         blocks = []
         for i, prompt in enumerate(PROMPTS):
@@ -63,7 +71,7 @@ def run_demo(out_dir: str = "runs/demo", families: list[str] | None = None, step
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    families = families or ["rnn", "vae", "gan"]
+    families = families or demo_families()
     cfgs = {f: demo_config(f, out, steps) for f in families}  # all configs validate before any work
     connect_ray("local")  # a private runtime: never lands on someone else's cluster
     summary: dict[str, Any] = {}

@@ -92,7 +92,7 @@ def test_bad_field_names_path_and_value(raw, field, value):
         ({"model": {"family": "vae"}}, "data.modality='text' but model.family='vae' needs 'image'"),
         ({"optimizer": {"name": "adam", "nesterov": True}}, "nesterov needs name=sgd|gd"),
         ({"train": {"steps": None}}, "exactly one of train.steps and train.epochs"),
-        ({"optimizer_d": {"lr": 1e-3}}, "optimizer_d is only for model.family='gan'"),
+        ({"optimizer_d": {"lr": 1e-3}}, "optimizer_d is only for a family with a second optimizer; model.family='rnn'"),
         ({"model": {"family": "diffusion"}}, "'diffusion'"),
     ],
 )

@@ -69,7 +69,7 @@ def url(ray_cluster, store: Path):
         "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
         "num_cpus": 0.25,
     }
-    cfg = ServeConfig(bundles=[str(store)], api_key=API_KEY, max_body_bytes=256 * 1024, rnn=family, vae=family, gan=family)
+    cfg = ServeConfig(bundles=[str(store)], api_key=API_KEY, max_body_bytes=256 * 1024, families={"rnn": family, "vae": family, "gan": family})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="creagen", route_prefix="/")

@@ -8,7 +8,10 @@ Batches are dicts of tensors as Ray Data's `iter_torch_batches` yields them from
   text:  {"tokens": int64 [B, seq_len + 1]}
   image: {"image": uint8 [B, C, H, W]}  (+ {"label": int64 [B]} when the source has labels)
 
-Adding a family = one file that subclasses `Family` + one line in `families/__init__.py`.
+Adding a family = one file that subclasses `Family`, declares the class attributes below, and
+one line in `families/__init__.py` (or `register_family(cls)` from a plugin or a test module).
+Serving calls exactly `generate`, `generate_many`, `stream`, `reconstruct` and `latents`, with the
+signatures below; a family overrides the ones its `capabilities` offer.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator
 import torch
 from torch import nn
 
-from creagen_ray.config import DataSpec, ExperimentConfig, OptimizerConfig
+from creagen_ray.config import DataSpec, ExperimentConfig, FamilyConfig, OptimizerConfig, TextRequest
 from creagen_ray.optim import Stepper
 
 Batch = dict[str, torch.Tensor]
@@ -28,11 +31,29 @@ Batch = dict[str, torch.Tensor]
 class Family:
     """Base class of a model family; subclasses fill in build/train_step/evaluate/generate."""
 
+    # -- the declaration: what config, CLI, Tune, progress lines and Serve know about a family ----
     name: ClassVar[str] = ""
-    # which requests `generate` accepts, e.g. {"text"}, {"image", "interpolate", "reconstruct"}
+    # its `model:` config (a FamilyConfig with `family: Literal[name] = name`)
+    config_model: ClassVar[type[FamilyConfig]] = FamilyConfig
+    # loss names `loss.name` may take, and the one it takes when unset
+    losses: ClassVar[tuple[str, ...]] = ()
+    default_loss: ClassVar[str] = ""
+    # the data it trains on ("text", "image"); `data_modalities` may refine this per model config
+    modalities: ClassVar[frozenset[str]] = frozenset()
+    # which requests it answers, e.g. {"text", "stream"}, {"image", "interpolate", "reconstruct"}
     capabilities: ClassVar[frozenset[str]] = frozenset()
     # the validation metric Tune and ASHA minimise, e.g. "val_loss", "val_neg_elbo"
     val_metric: ClassVar[str] = "val_loss"
+    # metrics a progress line shows after the step counter, in this order, when reported
+    progress_metrics: ClassVar[tuple[str, ...]] = ("loss", "val_loss")
+    # its Steppers by name; those in `d_optimizers` follow `optimizer_d` (PBT re-applies it there)
+    optimizers: ClassVar[tuple[str, ...]] = ("main",)
+    d_optimizers: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def data_modalities(cls, model: FamilyConfig) -> frozenset[str]:
+        """The data modalities this model config trains on (default: `modalities`)."""
+        return cls.modalities
 
     def __init__(
         self,
@@ -81,6 +102,24 @@ class Family:
     def generate(self, request: Any) -> Any:
         """Answer a TextRequest / ImageRequest / InterpolateRequest (see `capabilities`)."""
         raise NotImplementedError
+
+    # -- what serving calls (override what `capabilities` offers) --------------------------------
+
+    def generate_many(self, requests: list[Any]) -> list[Any]:
+        """Answer a batch of same-kind requests (default: one `generate` each; override to batch)."""
+        return [self.generate(r) for r in requests]
+
+    def stream(self, request: TextRequest) -> Iterator[str]:
+        """Text pieces of one sample as produced (default: the whole sample at once)."""
+        yield self.generate(request)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of images x [N, C, H, W] in [0, 1] (families with "reconstruct")."""
+        raise ValueError(f"the {self.name} family cannot reconstruct; it offers {sorted(self.capabilities)}")
+
+    def latents(self, n: int, seed: int | None = None) -> torch.Tensor:
+        """n latent codes [n, L] from the prior, seeded (families with a latent space)."""
+        raise ValueError(f"the {self.name} family has no latent space; it offers {sorted(self.capabilities)}")
 
     # -- shared mechanism -----------------------------------------------------------------------
 
@@ -136,7 +175,7 @@ class Family:
         """Re-apply new optimizer settings to live param groups (PBT, after loading a donor)."""
         self.cfg = cfg
         for name, s in self.steppers.items():
-            s.set_hyperparameters(cfg.d_optimizer if name in ("d", "critic", "discriminator") else cfg.optimizer)
+            s.set_hyperparameters(cfg.d_optimizer if name in self.d_optimizers else cfg.optimizer)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor map of every module's weights (for safetensors bundles)."""

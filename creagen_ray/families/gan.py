@@ -21,18 +21,29 @@ own batch, per G step, as in WGAN-GP). `self.step` counts batches (train_step ca
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar, Iterable, Iterator
+from typing import ClassVar, Iterable, Iterator, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from creagen_ray import losses, metrics
-from creagen_ray.config import GANConfig, ImageRequest, InterpolateRequest
+from creagen_ray.config import FamilyConfig, ImageRequest, InterpolateRequest
 from creagen_ray.families.base import Batch, Family, latent_walk, prior_latents
 from creagen_ray.families.conv import ConvDecoder, ConvEncoder, images_to_unit, init_dcgan_weights
 
 EVAL_SEED_OFFSET = 7919  # evaluate() draws its fakes from cfg.train.seed + this: the same z every time
 CHUNK = 256  # images per forward pass when sampling / evaluating many
+
+
+class GANConfig(FamilyConfig):
+    """DCGAN generator and discriminator (critic for WGAN-GP)."""
+
+    family: Literal["gan"] = "gan"
+    latent_dim: int = Field(64, ge=1, le=4096)
+    g_channels: int = Field(64, ge=4)
+    d_channels: int = Field(64, ge=4)
+    n_critic: int = Field(1, ge=1, le=20, description="critic steps per generator step (5 for WGAN-GP)")
 
 
 @contextlib.contextmanager
@@ -52,7 +63,14 @@ class GANFamily(Family):
     """DCGAN generator + discriminator trained with bce, hinge or WGAN-GP losses."""
 
     name: ClassVar[str] = "gan"
+    config_model = GANConfig
+    losses = ("bce", "hinge", "wasserstein")
+    default_loss = "bce"
+    modalities = frozenset({"image"})
     capabilities: ClassVar[frozenset[str]] = frozenset({"image", "interpolate"})
+    progress_metrics = ("loss", "loss_d", "loss_g", "val_fid")
+    optimizers = ("g", "d")
+    d_optimizers = frozenset({"d"})
     val_metric: ClassVar[str] = "val_fid"
 
     # Features for val_fid. The training loop attaches a FeatureNet trained on the dataset's labels
@@ -181,10 +199,14 @@ class GANFamily(Family):
                 outs.append(torch.tanh(G(chunk)).float().add(1.0).mul(0.5))  # [n, C, S, S]
         return torch.cat(outs)
 
-    def latents(self, request: ImageRequest | InterpolateRequest) -> torch.Tensor:
+    def latents(self, n: int, seed: int | None = None) -> torch.Tensor:
+        """n prior draws [n, L]; the same seed gives the same latents on any device."""
+        return prior_latents(n, self.latent_dim, seed, self.device)
+
+    def request_latents(self, request: ImageRequest | InterpolateRequest) -> torch.Tensor:
         """The latents [k, L] a request decodes: n prior draws, or a slerp walk between two seeds' draws."""
         if isinstance(request, ImageRequest):
-            return prior_latents(request.n, self.latent_dim, request.seed, self.device)
+            return self.latents(request.n, request.seed)
         if isinstance(request, InterpolateRequest):
             z_a = prior_latents(1, self.latent_dim, request.seed_a, self.device)[0]
             z_b = prior_latents(1, self.latent_dim, request.seed_b, self.device)[0]
@@ -206,11 +228,11 @@ class GANFamily(Family):
 
     def generate(self, request: ImageRequest | InterpolateRequest) -> torch.Tensor:
         """ImageRequest -> [n, C, S, S]; InterpolateRequest -> [steps, C, S, S]; values in [0, 1]."""
-        return self.decode(self.latents(request))
+        return self.decode(self.request_latents(request))
 
     def generate_many(self, requests: list[ImageRequest | InterpolateRequest]) -> list[torch.Tensor]:
         """Answer several requests with one G pass (each keeps its own seed: equal to one by one)."""
-        zs = [self.latents(r) for r in requests]
+        zs = [self.request_latents(r) for r in requests]
         images = self.decode(torch.cat(zs)) if zs else None
         return list(images.split([z.shape[0] for z in zs])) if images is not None else []
 

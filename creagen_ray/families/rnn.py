@@ -19,17 +19,32 @@ from __future__ import annotations
 import codecs
 import contextlib
 import math
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from creagen_ray.config import RNNConfig, TextRequest
+from creagen_ray.config import FamilyConfig, TextRequest
 from creagen_ray.families.base import Batch, Family, seeded_generator
 from creagen_ray.losses import cross_entropy
 from creagen_ray.sampling import sample_next
+
+
+
+class RNNConfig(FamilyConfig):
+    """Character/byte-level recurrent language model."""
+
+    family: Literal["rnn"] = "rnn"
+    cell: Literal["gru", "lstm"] = "gru"
+    embed_dim: int = Field(64, ge=1)
+    hidden_size: int = Field(256, ge=1)
+    num_layers: int = Field(2, ge=1, le=16)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    tie_weights: bool = False
+
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # GRU: h [L, B, H]; LSTM: (h, c) [L, B, H] each
 
@@ -124,8 +139,13 @@ class RNNFamily(Family):
     """GRU/LSTM language model trained with cross-entropy; samples, batches and streams text."""
 
     name = "rnn"
+    config_model = RNNConfig
+    losses = ("cross_entropy",)
+    default_loss = "cross_entropy"
+    modalities = frozenset({"text"})
     capabilities = frozenset({"text", "stream"})
     val_metric = "val_loss"
+    progress_metrics = ("loss", "val_loss")
 
     def build(self) -> None:
         """One module, "model": a CharRNN over the spec's vocabulary."""

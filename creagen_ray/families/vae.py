@@ -30,16 +30,31 @@ constant).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from creagen_ray import losses
-from creagen_ray.config import ImageRequest, InterpolateRequest, TextRequest
+from creagen_ray.config import FamilyConfig, ImageRequest, InterpolateRequest, TextRequest
 from creagen_ray.families.base import Batch, Family, latent_walk, prior_latents, seeded_generator
 from creagen_ray.families.conv import ConvDecoder, ConvEncoder, images_to_unit
 from creagen_ray.sampling import sample_next
+
+
+class VAEConfig(FamilyConfig):
+    """Conv VAE for images, or the sentence VAE (GRU encoder/decoder) for text."""
+
+    family: Literal["vae"] = "vae"
+    arch: Literal["conv", "sentence"] = "conv"
+    latent_dim: int = Field(16, ge=1, le=4096)
+    base_channels: int = Field(32, ge=4, description="conv arch: channels of the first conv layer")
+    beta: float = Field(1.0, ge=0.0, description="weight of the KL term (beta-VAE)")
+    kl_anneal_steps: int = Field(0, ge=0, description="KL weight rises linearly 0 -> beta over these steps")
+    embed_dim: int = Field(64, ge=1, description="sentence arch")
+    hidden_size: int = Field(256, ge=1, description="sentence arch")
+    word_dropout: float = Field(0.0, ge=0.0, le=1.0, description="sentence arch: decoder input dropout")
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -133,7 +148,17 @@ class VAEFamily(Family):
     """Conv VAE (images) or sentence VAE (text), trained on the beta-weighted, KL-annealed ELBO."""
 
     name = "vae"
+    config_model = VAEConfig
+    losses = ("mse", "bce")
+    default_loss = "bce"
+    modalities = frozenset({"image", "text"})
     val_metric = "val_neg_elbo"
+    progress_metrics = ("loss", "recon", "kl", "val_neg_elbo")
+
+    @classmethod
+    def data_modalities(cls, model: Any) -> frozenset[str]:
+        """conv trains on images, sentence on text."""
+        return frozenset({"image" if model.arch == "conv" else "text"})
 
     # -- build ---------------------------------------------------------------------------------
 

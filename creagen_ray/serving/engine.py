@@ -25,13 +25,12 @@ _END = object()
 
 def generate_batch(family: Family, requests: Sequence[Any]) -> list[Any]:
     """Answer a batch of same-kind requests with one model pass when the family can batch them."""
-    many = getattr(family, "generate_many", None)
-    return list(many(list(requests))) if many is not None else [family.generate(r) for r in requests]
+    return list(family.generate_many(list(requests)))
 
 
 def reconstruct(family: Family, x: torch.Tensor) -> torch.Tensor:
     """A VAE's reconstruction of images [N, C, H, W] in [0, 1]."""
-    return family.reconstruct(x)  # type: ignore[attr-defined]
+    return family.reconstruct(x)
 
 
 async def stream_text(family: Family, request: TextRequest) -> AsyncIterator[str]:

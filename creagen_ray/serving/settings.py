@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from creagen_ray.config import Strict
 
@@ -66,10 +66,20 @@ class ServeConfig(Strict):
     max_body_bytes: int = Field(2 * 2**20, ge=1024, description="larger request bodies get 413")
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     ingress_num_cpus: float = Field(0.1, ge=0.0)
-    rnn: FamilySettings = Field(default_factory=FamilySettings)
-    vae: FamilySettings = Field(default_factory=FamilySettings)
-    gan: FamilySettings = Field(default_factory=FamilySettings)
+    families: dict[str, FamilySettings] = Field(
+        default_factory=dict, description="per family name; a family not listed gets the defaults"
+    )
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, v: dict[str, FamilySettings]) -> dict[str, FamilySettings]:
+        from creagen_ray.families import family_names
+
+        unknown = sorted(set(v) - set(family_names()))
+        if unknown:
+            raise ValueError(f"unknown model families {unknown}; known: {sorted(family_names())}")
+        return v
 
     def family(self, name: str) -> FamilySettings:
-        """The settings of the deployment serving family `name`."""
-        return getattr(self, name)
+        """The settings of the deployment serving family `name` (defaults when not configured)."""
+        return self.families.get(name) or FamilySettings()

@@ -12,9 +12,6 @@ from typing import Any
 
 from ray.train import UserCallback
 
-# metrics shown after the step counter, in this order, when present
-SHOWN = ("loss", "loss_d", "loss_g", "recon", "kl", "val_loss", "val_neg_elbo", "val_fid")
-
 
 def format_duration(seconds: float) -> str:
     """1h02m, 3m05s, 42s."""
@@ -26,14 +23,16 @@ def format_duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def format_progress(name: str, metrics: list[dict[str, Any]], unit: str, checkpoint: bool) -> str:
-    """One progress line from every rank's metrics (rank 0's losses, summed throughput)."""
+def format_progress(
+    name: str, metrics: list[dict[str, Any]], unit: str, checkpoint: bool, shown: tuple[str, ...] = ("loss",)
+) -> str:
+    """One progress line from every rank's metrics (rank 0's `shown` metrics, summed throughput)."""
     m = metrics[0]
     step, total = int(m.get("step", 0)), int(m.get("total_steps", 0))
     if m.get("nonfinite"):
         return f"[{name}] step {step}/{total}  STOPPED: {m.get('nonfinite_what', 'non-finite loss')}"
     parts = [f"[{name}] step {step}/{total}" + (f" ({100 * step / total:.0f}%)" if total else "")]
-    parts += [f"{k} {float(m[k]):.4f}" for k in SHOWN if k in m]
+    parts += [f"{k} {float(m[k]):.4f}" for k in shown if k in m]
     rate = sum(float(r.get("items_per_s", 0.0)) for r in metrics)
     parts.append(f"{rate:,.0f} {unit}/s")
     steps_per_s = float(m.get("steps_per_s", 0.0))
@@ -47,14 +46,15 @@ def format_progress(name: str, metrics: list[dict[str, Any]], unit: str, checkpo
 class ProgressCallback(UserCallback):
     """Print a progress line after every report (runs in the Ray Train controller)."""
 
-    def __init__(self, name: str, unit: str) -> None:
+    def __init__(self, name: str, unit: str, shown: tuple[str, ...] = ("loss",)) -> None:
         self.name = name
         self.unit = unit
+        self.shown = shown  # the family's progress_metrics
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         """Called by Ray Train once all ranks reported."""
         if metrics:
-            print(format_progress(self.name, metrics, self.unit, checkpoint is not None), flush=True)
+            print(format_progress(self.name, metrics, self.unit, checkpoint is not None, self.shown), flush=True)
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         """Say which rank failed and that Ray Train decides whether to restart from a checkpoint."""

@@ -34,7 +34,7 @@ from creagen_ray import storage
 from creagen_ray.bundle import write_bundle
 from creagen_ray.cluster import connect_ray
 from creagen_ray.config import ExperimentConfig
-from creagen_ray.families import Family, build_family
+from creagen_ray.families import Family, build_family, family_class
 from creagen_ray.training.checkpoint import load_ray_checkpoint
 from creagen_ray.training.loop import batch_columns, train_loop_per_worker
 from creagen_ray.training.progress import ProgressCallback
@@ -161,7 +161,8 @@ def build_trainer(
         resources["GPU"] = t.gpus_per_worker
     cbs = list(callbacks or [])
     if progress:
-        cbs.append(ProgressCallback(run_name, item_unit(cfg, prepared)))
+        shown = family_class(cfg.model.family).progress_metrics
+        cbs.append(ProgressCallback(run_name, item_unit(cfg, prepared), shown))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

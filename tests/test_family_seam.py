@@ -1,0 +1,85 @@
+"""The family seam: a family registered from a test module trains, tunes and serves, no other file changed.
+
+`tests/toy_family.py` declares a bigram family ("toy") and registers it at import; nothing in
+creagen_ray names it. One tiny Ray Train run, one tiny Tune trial and one Serve request.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+import tests.toy_family  # noqa: F401  (registers "toy" before the session's Ray starts)
+from creagen_ray.config import ConfigError, validate_config
+from creagen_ray.families import family_class, family_names
+
+
+def test_registered_family_is_in_config_cli_and_serving_settings() -> None:
+    """Config union, loss/modality rules and serving settings all come from the toy's declaration."""
+    from creagen_ray.serving.settings import ServeConfig
+
+    assert "toy" in family_names() and family_class("toy").__name__ == "ToyFamily"
+    cfg = validate_config({"model": {"family": "toy", "init_scale": 0.1}})
+    assert cfg.loss.name == "cross_entropy" and type(cfg.model).__name__ == "ToyConfig"
+    with pytest.raises(ConfigError, match=r"model\.init_scale"):  # the toy's own field rules apply
+        validate_config({"model": {"family": "toy", "init_scale": -1}})
+    with pytest.raises(ConfigError, match="needs 'text' data"):
+        validate_config({"model": {"family": "toy"}, "data": {"modality": "image"}})
+    with pytest.raises(ConfigError, match="not a toy loss"):
+        validate_config({"model": {"family": "toy"}, "loss": {"name": "bce"}})
+    serve = ServeConfig(bundles=["x"], families={"toy": {"num_cpus": 0.2}})
+    assert serve.family("toy").num_cpus == 0.2 and serve.family("rnn").num_cpus == 0.5
+    with pytest.raises(ValueError, match="unknown model families"):
+        ServeConfig(bundles=["x"], families={"tyo": {}})
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_toy_family_trains_tunes_and_serves(ray_cluster, tmp_path: Path) -> None:
+    """Ray Train (1 worker), Ray Tune (1 trial), Ray Serve (1 request) on the toy family."""
+    from ray import serve
+
+    from creagen_ray.bundle import load_bundle
+    from creagen_ray.serving.app import build_app
+    from creagen_ray.serving.settings import ServeConfig
+    from creagen_ray.training import train
+    from creagen_ray.tuning import run_search
+
+    raw = {
+        "name": "toy",
+        "data": {"source": "builtin:python-docs", "modality": "text", "seq_len": 32, "max_items": 20000},
+        "model": {"family": "toy"},
+        "optimizer": {"name": "adam", "lr": 0.05},
+        "train": {"num_workers": 1, "cpus_per_worker": 0.45, "batch_size": 32, "steps": 20, "eval_every": 10,
+                  "eval_batches": 2, "checkpoint_every": 10, "log_every": 10, "storage_path": str(tmp_path)},
+        "tune": {"scheduler": "none", "num_samples": 1},
+    }
+    result = train(validate_config(raw), progress=False)
+    assert result.metrics["val_toy_nll"] < 4.5  # ln(vocab) ~ 4.6 at the start: the table learned
+    assert load_bundle(result.bundle_path).family.name == "toy"
+
+    space = {**raw, "optimizer": {"name": "adam", "lr": {"choice": [0.05]}}}
+    tuned = run_search(space, verbose=0)
+    assert list(tuned.table["status"]) == ["TERMINATED"] and tuned.table.iloc[0]["val_toy_nll"] < 4.5
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        app = build_app(ServeConfig(bundles=[str(result.bundle_path)], families={"toy": {"num_cpus": 0.1}}))
+        serve.run(app, name="creagen", route_prefix="/")
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/text/generate", timeout=60,
+                       json={"model": "bundle", "prompt": "d", "max_new_tokens": 12, "seed": 3})
+        assert r.status_code == 200, r.text
+        text = r.json()["texts"][0]
+        assert len(text) == 12 and set(text) <= set(load_bundle(result.bundle_path).tokenizer.chars)
+    finally:
+        serve.shutdown()
