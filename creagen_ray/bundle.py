@@ -145,6 +145,11 @@ class Bundle:
         """Forward a request to the family (see families/base.py for the result types)."""
         return self.family.generate(request)
 
+    @property
+    def sha256(self) -> str:
+        """sha256 of manifest.json, which lists every file's sha256: the bundle's identity (provenance)."""
+        return sha256_file(self.path / MANIFEST)
+
     def data_manifest(self) -> dict[str, Any] | None:
         """The prepared dataset's manifest, when the bundle carries it."""
         p = self.path / "data_manifest.json"

@@ -7,6 +7,7 @@
     creagen generate BUNDLE | --url URL       text to stdout, images to a PNG grid
     creagen serve BUNDLE_OR_DIR ...           Ray Serve on 127.0.0.1
     creagen config show CONFIG | schema       the resolved config / its JSON schema
+    creagen inspect FILE.png                  the provenance record a generated PNG carries
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return generate_cli(args)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print the provenance text chunks of a PNG creagen generated."""
+    from creagen_ray.generate import inspect_cli
+
+    return inspect_cli(args.file)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve bundles with Ray Serve on 127.0.0.1 and block until Ctrl-C."""
     from creagen_ray.serving.local import serve_forever
@@ -145,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default="samples.png", help="PNG grid path for images")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "inspect",
+        help="print the provenance record of a generated PNG",
+        description="Print the provenance text chunks of a PNG (generator, model, bundle sha256, seed, "
+        "parameters, synthetic marker) as JSON. Exit 1 when the PNG carries no creagen-ray record.",
+        epilog="example: creagen inspect grid.png",
+    )
+    p.add_argument("file", help="a PNG written by creagen generate, the server, or creagen_ray.load()")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("serve", help="serve bundles with Ray Serve on 127.0.0.1")
     p.add_argument(

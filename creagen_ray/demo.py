@@ -48,6 +48,7 @@ def demo_config(family: str, out_dir: Path, steps: int | None) -> ExperimentConf
 def write_samples(family: str, bundle: Any, out_dir: Path) -> list[Path]:
     """Generate from a trained bundle: a text file for text models, PNG grids for image models."""
     from creagen_ray.images import save_png_grid  # torch: imported only when the demo runs
+    from creagen_ray.provenance import provenance
 
     if bundle.modality == "text":
         blocks = []
@@ -57,10 +58,11 @@ def write_samples(family: str, bundle: Any, out_dir: Path) -> list[Path]:
         path = out_dir / f"{family}_samples.txt"
         path.write_text("\n".join(blocks), encoding="utf-8")
         return [path]
-    samples = save_png_grid(bundle.generate(ImageRequest(n=64, seed=0)), out_dir / f"{family}_samples.png", nrow=8)
-    walk = save_png_grid(
-        bundle.generate(InterpolateRequest(seed_a=1, seed_b=2, steps=10)), out_dir / f"{family}_interpolation.png", nrow=10
-    )
+    grid, walk_req = ImageRequest(n=64, seed=0), InterpolateRequest(seed_a=1, seed_b=2, steps=10)
+    record = provenance(family, bundle.sha256, grid.seed, grid.model_dump(exclude={"seed"}))
+    samples = save_png_grid(bundle.generate(grid), out_dir / f"{family}_samples.png", nrow=8, record=record)
+    record = provenance(family, bundle.sha256, None, walk_req.model_dump())
+    walk = save_png_grid(bundle.generate(walk_req), out_dir / f"{family}_interpolation.png", nrow=10, record=record)
     return [samples, walk]
 
 

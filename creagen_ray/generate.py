@@ -11,6 +11,8 @@ caps and error messages are the same in both modes.
 from __future__ import annotations
 
 import argparse
+import json
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from pydantic import ValidationError
 
 from creagen_ray.bundle import BundleError, load_bundle
 from creagen_ray.config import ConfigError, ImageRequest, TextRequest, format_validation_error
-from creagen_ray.images import save_png_grid
+from creagen_ray.images import png_bytes
+from creagen_ray.provenance import is_creagen, provenance, read_png_text, with_png_text
 
 
 def text_request(args: argparse.Namespace) -> TextRequest:
@@ -56,14 +59,42 @@ def print_texts(prompt: str, texts: list[str]) -> None:
         print(prompt + text)
 
 
+def write_png(data: bytes, out: str | Path) -> Path:
+    """Write PNG bytes to `out` atomically (a temp file renamed: never a half-written image)."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
 def generate_local(args: argparse.Namespace) -> int:
-    """Load and verify a bundle, generate in this process."""
+    """Load and verify a bundle, generate in this process; PNGs carry provenance text chunks."""
     bundle = load_bundle(args.bundle)
     if bundle.modality == "text":
         print_texts(args.prompt, bundle.generate(text_request(args)))
     else:
-        path = save_png_grid(bundle.generate(image_request(args)), args.out)
+        req = image_request(args)
+        if req.seed is None:  # drawn here, so the PNG's record reproduces the grid
+            req = req.model_copy(update={"seed": secrets.randbelow(2**31)})
+        record = provenance(Path(args.bundle).name, bundle.sha256, req.seed, req.model_dump(exclude={"seed"}))
+        path = write_png(with_png_text(png_bytes(bundle.generate(req)), record), args.out)
         print(f"wrote {path}")
+    return 0
+
+
+def inspect_cli(path: str) -> int:
+    """`creagen inspect FILE.png`: print the PNG's provenance record as JSON (exit 1 when it has none)."""
+    try:
+        record = read_png_text(path)
+    except (OSError, ValueError) as e:
+        print(f"creagen: {path}: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(record, indent=2, sort_keys=True))
+    if not is_creagen(record):
+        print(f"creagen: {path} carries no creagen-ray provenance", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -80,9 +111,7 @@ def generate_remote(args: argparse.Namespace) -> int:
             print_texts(req.prompt, client.text(args.model, **req.model_dump()))
         else:
             req = image_request(args)
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(client.images(args.model, n=req.n, seed=req.seed))
+            out = write_png(client.images(args.model, n=req.n, seed=req.seed), args.out)  # the server's PNG chunks
             print(f"wrote {out}")
     return 0
 

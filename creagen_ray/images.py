@@ -40,11 +40,16 @@ def png_bytes(images: torch.Tensor, nrow: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def save_png_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Write images [N, C, H, W] in [0, 1] as a PNG grid; returns the path."""
+def save_png_grid(
+    images: torch.Tensor, path: str | Path, nrow: int | None = None, record: dict[str, str] | None = None
+) -> Path:
+    """Write images [N, C, H, W] in [0, 1] as a PNG grid (with `record` as provenance text chunks)."""
+    from creagen_ray.provenance import with_png_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(images, nrow))
+    data = png_bytes(images, nrow)
+    path.write_bytes(with_png_text(data, record) if record else data)
     return path
 
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hmac
 import json
+import secrets
 from typing import Any, AsyncIterator, Literal, Protocol
 
 import torch
@@ -24,6 +25,8 @@ from pydantic import BaseModel, Field
 from creagen_ray.bundle import BundleError
 from creagen_ray.config import ImageRequest, InterpolateRequest, Strict, TextRequest
 from creagen_ray.images import decode_png, png_bytes
+from creagen_ray.provenance import headers as provenance_headers
+from creagen_ray.provenance import provenance, with_png_text
 from creagen_ray.serving.settings import ServeConfig
 from creagen_ray.serving.store import MODEL_ID_PATTERN, BundleStore, ModelInfo, StoreError
 
@@ -75,10 +78,11 @@ class ReconstructBody(Strict):
 
 
 class TextResponse(BaseModel):
-    """n continuations of the prompt (the prompt is not repeated)."""
+    """n continuations of the prompt (the prompt is not repeated), with their provenance record."""
 
     model: str
     texts: list[str]
+    provenance: dict[str, str] = Field(default_factory=dict, description="also sent as X-Creagen-* headers")
 
 
 class ImagesResponse(BaseModel):
@@ -89,6 +93,7 @@ class ImagesResponse(BaseModel):
     height: int
     channels: int
     images: list[str]
+    provenance: dict[str, str] = Field(default_factory=dict, description="also in each PNG's text chunks")
 
 
 class ModelsResponse(BaseModel):
@@ -118,13 +123,31 @@ class CapabilityError(ValueError):
     """The endpoint is valid but this model's family cannot answer it (HTTP 400)."""
 
 
-def image_response(model_id: str, images: torch.Tensor, fmt: str, nrow: int | None = None) -> Response:
-    """Images [N, C, H, W] in [0, 1] as one PNG grid, or JSON with one base64 PNG each."""
+def record_of(info: ModelInfo, req: BaseModel) -> dict[str, str]:
+    """The provenance record of one request to one model (see creagen_ray/provenance.py)."""
+    params = req.model_dump(exclude={"seed", "prompt"})  # the prompt is the user's: not echoed
+    return provenance(info.id, info.bundle_sha256, getattr(req, "seed", None), params)
+
+
+def seeded(req: Any) -> Any:
+    """The request with a seed drawn when it had none, so the provenance record can reproduce it."""
+    if getattr(req, "seed", 0) is None:
+        return req.model_copy(update={"seed": secrets.randbelow(2**31)})
+    return req
+
+
+def image_response(
+    model_id: str, images: torch.Tensor, fmt: str, nrow: int | None = None, record: dict[str, str] | None = None
+) -> Response:
+    """Images [N, C, H, W] in [0, 1] as one PNG grid, or JSON with one base64 PNG each; PNGs carry `record`."""
+    record = record or {}
+    hdrs = provenance_headers(record)
     if fmt == "png":
-        return Response(png_bytes(images, nrow), media_type="image/png")
+        return Response(with_png_text(png_bytes(images, nrow), record), media_type="image/png", headers=hdrs)
     n, c, h, w = images.shape
-    pngs = [base64.b64encode(png_bytes(images[i : i + 1])).decode("ascii") for i in range(n)]
-    return JSONResponse(ImagesResponse(model=model_id, width=w, height=h, channels=c, images=pngs).model_dump())
+    pngs = [base64.b64encode(with_png_text(png_bytes(images[i : i + 1]), record)).decode("ascii") for i in range(n)]
+    body = ImagesResponse(model=model_id, width=w, height=h, channels=c, images=pngs, provenance=record)
+    return JSONResponse(body.model_dump(), headers=hdrs)
 
 
 def sse(event: str | None, data: dict[str, Any]) -> bytes:
@@ -236,28 +259,35 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
             bad = sorted(set(body.prompt) - set(info.vocab))
             if bad:
                 raise field_error("prompt", f"characters not in the model's vocabulary: {bad[:10]}", body.prompt[:64])
-        req: TextRequest = request_of(body, TextRequest)
+        req: TextRequest = seeded(request_of(body, TextRequest))
+        record = record_of(info, req)
         if not body.stream:
-            return TextResponse(model=info.id, texts=await backend.generate(info.id, req))
+            texts = await backend.generate(info.id, req)
+            body_out = TextResponse(model=info.id, texts=texts, provenance=record)
+            return JSONResponse(body_out.model_dump(), headers=provenance_headers(record))
         if req.n != 1:
             raise field_error("n", "stream=true produces one sample; use n=1", req.n)
-        return StreamingResponse(_events(backend.stream(info.id, req)), media_type="text/event-stream")
+        return StreamingResponse(
+            _events(backend.stream(info.id, req)), media_type="text/event-stream", headers=provenance_headers(record)
+        )
 
     @api.post("/v1/images/generate", responses={200: {"content": {"image/png": {}}}})
     async def images_generate(body: ImageBody) -> Response:
         """n images from the prior: a PNG grid, or base64 PNGs in JSON."""
         info = store.get(body.model)
         require(info, "image")
-        images = await backend.generate(info.id, request_of(body, ImageRequest))
-        return await asyncio.to_thread(image_response, info.id, images, body.format)
+        req = seeded(request_of(body, ImageRequest))
+        images = await backend.generate(info.id, req)
+        return await asyncio.to_thread(image_response, info.id, images, body.format, None, record_of(info, req))
 
     @api.post("/v1/images/interpolate", responses={200: {"content": {"image/png": {}}}})
     async def images_interpolate(body: InterpolateBody) -> Response:
         """A latent walk (VAE, GAN) between two seeds' draws, as one row of a PNG or JSON."""
         info = store.get(body.model)
         require(info, "interpolate")
-        images = await backend.generate(info.id, request_of(body, InterpolateRequest))
-        return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps)
+        req = request_of(body, InterpolateRequest)
+        images = await backend.generate(info.id, req)
+        return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps, record_of(info, req))
 
     @api.post("/v1/images/reconstruct", responses={200: {"content": {"image/png": {}}}})
     async def images_reconstruct(body: ReconstructBody) -> Response:
@@ -270,7 +300,8 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         except (binascii.Error, ValueError, OSError) as e:  # Pillow raises OSError subclasses
             raise field_error("image", f"not a base64-encoded PNG image: {e}") from None
         images = await backend.reconstruct(info.id, x)
-        return await asyncio.to_thread(image_response, info.id, images, body.format)
+        record = provenance(info.id, info.bundle_sha256, None, {"reconstruct": True})
+        return await asyncio.to_thread(image_response, info.id, images, body.format, None, record)
 
     api.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return api

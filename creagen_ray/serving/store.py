@@ -61,6 +61,7 @@ class ModelInfo(BaseModel):
     path: str = Field(..., exclude=True, description="bundle folder, or its storage URI")
     digest: str | None = Field(None, exclude=True, description="sha256 of a remote bundle's manifest (pinned)")
     vocab: list[str] | None = Field(None, exclude=True, description="char vocab: prompts must stay inside it")
+    bundle_sha256: str | None = Field(None, description="sha256 of the bundle's manifest.json (provenance)")
 
 
 def check_model_id(model_id: str) -> str:
@@ -87,6 +88,7 @@ def read_info(model_id: str, path: Path) -> ModelInfo:
         spec=b.spec.model_dump(exclude_none=True),
         path=str(b.path.resolve()),
         vocab=getattr(b.tokenizer, "chars", None),
+        bundle_sha256=b.sha256,
     )
 
 
