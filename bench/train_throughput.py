@@ -1,6 +1,7 @@
 """Training throughput under Ray Train vs a plain PyTorch loop, DDP scaling, and Ray Data wait share.
 
     .venv/bin/python bench/train_throughput.py            # RNN + GAN throughput table (~6 min on 2 cores)
+    .venv/bin/python bench/train_throughput.py --only gaps  # epoch-boundary gaps only (~2 min)
 
 (The quality-per-wall-clock comparison is `time creagen train jobs/configs/rnn-shakespeare.yaml`,
 end to end; see docs/benchmarks.md.)
@@ -13,6 +14,13 @@ Throughput is the steady state: every report window except the first (pipeline s
 FeatureNet fit live there); the data-wait share is the time a worker waited for its next batch
 divided by the window's wall time. Start-up is reported separately (time to the first report).
 The numbers depend on what else runs on the machine: say so next to them.
+
+Epoch-boundary gaps ("gaps"): the MNIST conv VAE (vae-mnist.yaml, 2 workers; builtin shapes when
+../shared is absent) for 4 epochs, once with the training split materialized in Ray's object store
+(the default below train.materialize_mb) and once streamed (materialize_mb=0). The gap is the wall
+time between a worker finishing its last batch of epoch k and receiving the first batch of epoch
+k+1 (`epoch_gap_s` in the loop's reports); the table shows the largest over ranks and epochs.
+Target: at most 50 ms for MNIST-sized data.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from creagen_ray.families import build_family  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 
 def rnn_cfg(storage: str, workers: int, steps: int) -> ExperimentConfig:
@@ -131,10 +140,45 @@ def throughput(name: str, make_cfg: Any, steps: int, storage: str) -> dict[str, 
     return out
 
 
+def gap_cfg(storage: str, materialize_mb: float, epochs: int) -> ExperimentConfig:
+    """vae-mnist.yaml (or the demo VAE on shapes without ../shared) for a few epochs, rare evals."""
+    common = [f"train.storage_path={storage}", "train.steps=null", f"train.epochs={epochs}",
+              "train.log_every=20", "train.eval_every=100000", "train.checkpoint_every=100000",
+              f"train.materialize_mb={materialize_mb}"]
+    if MNIST.is_file():
+        return load_config(ROOT / "jobs/configs/vae-mnist.yaml", [
+            f"data.source={MNIST}", f"data.labels={MNIST.parent / 't10k-labels-idx1-ubyte.gz'}", *common])
+    return load_config(ROOT / "jobs/configs/demo-vae.yaml", common)
+
+
+def epoch_gaps(storage: str, epochs: int = 4) -> dict[str, Any]:
+    """Largest and median epoch-boundary gap, materialized vs streamed; prints one line each."""
+    from creagen_ray.training import MetricsLogCallback, train
+
+    out: dict[str, Any] = {}
+    for label, budget in (("materialized", 256.0), ("streaming", 0.0)):
+        with tempfile.TemporaryDirectory() as d:
+            log = Path(d) / "log.jsonl"
+            t0 = time.perf_counter()
+            train(gap_cfg(storage, budget, epochs), progress=False, callbacks=[MetricsLogCallback(str(log))])
+            wall = time.perf_counter() - t0
+            rows = [json.loads(line)["ranks"] for line in log.read_text().splitlines()]
+        gaps = sorted({(i, r["epoch"], r["epoch_gap_s"]) for ranks in rows for i, r in enumerate(ranks) if "epoch_gap_s" in r})
+        values = [g for _, _, g in gaps]
+        mode = rows[-1][0].get("data_mode")
+        out[label] = {"data_mode": mode, "gaps_s": values, "max_s": max(values, default=float("nan")),
+                      "median_s": statistics.median(values) if values else float("nan"), "wall_s": wall}
+        print(f"epoch gap  {label:12} (data_mode {mode}): max {out[label]['max_s'] * 1000:7.1f} ms, "
+              f"median {out[label]['median_s'] * 1000:7.1f} ms over {len(values)} rank-epochs; run {wall:.0f} s; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+    return out
+
+
 def main() -> None:
     """Parse flags, run the throughput table (and the quality run), print JSON at the end."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=400, help="steps per Ray run")
+    p.add_argument("--only", choices=["all", "throughput", "gaps"], default="all")
     args = p.parse_args()
 
     import ray
@@ -142,8 +186,11 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
     results: dict[str, Any] = {"load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as storage:
-        results["rnn"] = throughput("rnn", rnn_cfg, args.steps, storage)
-        results["gan"] = throughput("gan", gan_cfg, args.steps // 2, storage)
+        if args.only in ("all", "gaps"):
+            results["epoch_gaps"] = epoch_gaps(storage)
+        if args.only in ("all", "throughput"):
+            results["rnn"] = throughput("rnn", rnn_cfg, args.steps, storage)
+            results["gan"] = throughput("gan", gan_cfg, args.steps // 2, storage)
     results["load_avg_end"] = os.getloadavg()
     print(json.dumps(results, indent=2))
 

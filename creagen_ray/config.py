@@ -124,7 +124,12 @@ class OptimizerConfig(Strict):
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
-    grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; None disables")
+    grad_clip: float | None = Field(
+        None,
+        gt=0.0,
+        description="max global grad norm; None (the default) does not clip. RNN configs set 1.0 "
+        "(exploding gradients through time); the image families train as the plain references do, unclipped",
+    )
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a share of lr")
@@ -150,13 +155,27 @@ class TrainConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0.0, description="fractions leave CPU for Ray Data's read tasks")
     gpus_per_worker: float = Field(1.0, ge=0.0)
-    torch_threads: int | None = Field(None, ge=1, description="default: max(1, int(cpus_per_worker))")
+    torch_threads: int | None = Field(None, ge=1, description="default: cpus_per_worker rounded, at least 1")
     steps: int | None = Field(1000, ge=1, description="optimizer steps; exactly one of steps/epochs")
     epochs: int | None = Field(None, ge=1)
+    time_budget_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="also stop once the training loop has run this many seconds (then the final "
+        "evaluation and checkpoint); steps/epochs still set the schedule length. None = no limit",
+    )
     batch_size: int = Field(64, ge=1, le=65536, description="per worker")
-    eval_every: int = Field(200, ge=1)
-    eval_batches: int = Field(20, ge=1, description="validation batches per evaluation")
-    checkpoint_every: int = Field(200, ge=1)
+    eval_every: int = Field(200, ge=1, description="steps between periodic evaluations (epochs mode too)")
+    eval_batches: int = Field(
+        20, ge=1, description="validation batches per *periodic* evaluation; the final one covers the whole split"
+    )
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints (epochs mode too); one at the end")
+    materialize_mb: float = Field(
+        256.0,
+        ge=0.0,
+        description="keep the training split in Ray's object store (read once, no restart per epoch) when "
+        "its uncompressed size is at most this many MiB; larger splits stream. 0 = always stream",
+    )
     num_to_keep: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     storage_path: str = Field("./runs", description="local dir or URI holding runs, checkpoints, bundles")

@@ -118,7 +118,7 @@ def test_overrides_are_yaml_scalars(tmp_path):
             "train.use_gpu=true",
             "data.output_dir=null",
             "model.n_critic=5",
-            "tune.metric=val_fid",
+            "tune.metric=val_fcd",
             "train.run_name=run-01",
         ],
     )
@@ -127,7 +127,7 @@ def test_overrides_are_yaml_scalars(tmp_path):
     assert cfg.train.use_gpu is True
     assert cfg.data.output_dir is None
     assert cfg.model.n_critic == 5
-    assert cfg.tune.metric == "val_fid"
+    assert cfg.tune.metric == "val_fcd"
     assert cfg.train.run_name == "run-01"
 
 

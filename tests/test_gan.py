@@ -97,7 +97,7 @@ def mnist(mnist_paths) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def mnist_features(mnist) -> metrics.FeatureNet:
-    """A FeatureNet trained briefly on the MNIST training labels (the features of val_fid)."""
+    """A FeatureNet trained briefly on the MNIST training labels (the features of val_fcd)."""
     return metrics.train_feature_net(mnist["train"], mnist["train_labels"], num_classes=10, steps=150, batch_size=64)
 
 
@@ -288,7 +288,7 @@ def test_sizes_and_channels(size: int, channels: int) -> None:
     assert np.isfinite(m["loss"])
     assert fam.sample(2, seed=0).shape == (2, channels, size, size)
     ev = fam.evaluate([random_batch(8, size, channels)])
-    assert np.isfinite(ev["val_fid"]) and np.isfinite(ev["val_d_loss"])
+    assert np.isfinite(ev["val_fcd"]) and np.isfinite(ev["val_d_loss"])
     with pytest.raises(ValueError, match="expected images"):
         fam.train_step(random_batch(4, size // 2, channels))
 
@@ -304,16 +304,16 @@ def test_unsupported_size_is_clear() -> None:
 
 
 def test_evaluate_uses_attached_feature_net() -> None:
-    """evaluate reports val_fid (random features by default, the attached net when set) and val_d_loss."""
+    """evaluate reports val_fcd (random features by default, the attached net when set) and val_d_loss."""
     fam = make_gan(size=28, width=16, latent=32)
     batches = [random_batch(256, 28, seed=s) for s in range(2)]
     t0 = time.perf_counter()
     ev = fam.evaluate(batches)
     print(f"evaluate 512 images at 28 px: {time.perf_counter() - t0:.2f} s")
-    assert {"val_fid", "val_d_loss"} <= set(ev) and ev["val_fid"] >= 0
+    assert {"val_fcd", "val_d_loss"} <= set(ev) and ev["val_fcd"] >= 0
     assert ev == fam.evaluate(batches)  # fixed-seed fakes: the same number every time
     fam.feature_net = metrics.random_feature_net(channels=1, seed=99)
-    assert fam.evaluate(batches)["val_fid"] != ev["val_fid"]
+    assert fam.evaluate(batches)["val_fcd"] != ev["val_fcd"]
 
 
 def test_separate_g_and_d_optimizers() -> None:

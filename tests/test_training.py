@@ -173,8 +173,8 @@ def test_gan_ddp_with_feature_net(ray_cluster, storage: Path, tmp_path: Path) ->
     res = train(cfg, run_name="gan", progress=False, callbacks=[MetricsLogCallback(str(log_path))])
     log = read_log(log_path)
     first, last = log[0]["ranks"][0]["loss_d"], log[-1]["ranks"][0]["loss_d"]
-    fids = [r["ranks"][0]["val_fid"] for r in log if "val_fid" in r["ranks"][0]]
-    print(f"gan loss_d {first:.3f} -> {last:.3f}, val_fid {fids}")
+    fids = [r["ranks"][0]["val_fcd"] for r in log if "val_fcd" in r["ranks"][0]]
+    print(f"gan loss_d {first:.3f} -> {last:.3f}, val_fcd {fids}")
     # D's loss is no progress measure for a GAN (it rises again as G improves); FID is
     assert fids and all(math.isfinite(f) and f >= 0 for f in fids)
     assert fids[-1] < 0.75 * fids[0], f"FID did not fall: {fids}"

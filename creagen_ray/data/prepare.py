@@ -109,6 +109,22 @@ class PreparedData:
         connect_ray()
         return ray.data.read_parquet([str(f) for f in files]).select_columns(columns or self.columns)
 
+    def nbytes(self, split: str = "train", columns: list[str] | None = None) -> int:
+        """Uncompressed bytes of a split's columns (from the Parquet footers: what it takes in memory)."""
+        import pyarrow.parquet as pq
+
+        want = set(columns or self.columns)
+        total = 0
+        for f in self.files(split):
+            meta = pq.ParquetFile(f).metadata
+            for i in range(meta.num_row_groups):
+                rg = meta.row_group(i)
+                for j in range(rg.num_columns):
+                    col = rg.column(j)
+                    if col.path_in_schema.split(".")[0] in want:
+                        total += col.total_uncompressed_size
+        return total
+
     def train_dataset(self, columns: list[str] | None = None):
         """The training split as a Ray Dataset."""
         return self.dataset("train", columns)

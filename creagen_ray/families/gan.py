@@ -68,13 +68,14 @@ class GANFamily(Family):
     default_loss = "bce"
     modalities = frozenset({"image"})
     capabilities: ClassVar[frozenset[str]] = frozenset({"image", "interpolate"})
-    progress_metrics = ("loss", "loss_d", "loss_g", "val_fid")
+    progress_metrics = ("loss", "loss_d", "loss_g", "val_fcd")
     optimizers = ("g", "d")
     d_optimizers = frozenset({"d"})
-    val_metric: ClassVar[str] = "val_fid"
+    val_metric: ClassVar[str] = "val_fcd"
 
-    # Features for val_fid. The training loop attaches a FeatureNet trained on the dataset's labels
-    # (a "Frechet classifier distance"); without one, evaluate() falls back to a fixed random conv
+    # Features for val_fcd (the Fréchet *classifier* distance: FID's formula on the features of a
+    # FeatureNet, not Inception), precision/recall and class coverage. The training loop attaches a
+    # FeatureNet trained on the dataset's labels; without one, evaluate() falls back to a fixed random conv
     # net, which still separates real from bad samples but is weaker (its features are not tuned to
     # what distinguishes the classes, so it under-reports mode dropping). Not part of the model's
     # weights or checkpoints.
@@ -239,7 +240,7 @@ class GANFamily(Family):
     # -- evaluating -----------------------------------------------------------------------------
 
     def features_net(self) -> nn.Module:
-        """The net whose features val_fid compares: the attached FeatureNet, else a fixed random one."""
+        """The net whose features val_fcd compares: the attached FeatureNet, else a fixed random one."""
         if self.feature_net is not None:
             return self.feature_net
         if self._random_features is None:
@@ -248,7 +249,8 @@ class GANFamily(Family):
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
-        """val_fid of as many fixed-seed samples as there are real val images, and D's loss on both."""
+        """val_fcd, val_precision, val_recall (and class coverage with a trained classifier) of as many
+        fixed-seed samples as there are real val images, and D's loss on both."""
         real = torch.cat([self.to_model_range(b["image"]) for b in batches])  # [N, C, S, S] in [-1, 1]
         if real.shape[0] < 2:
             raise ValueError("evaluate needs at least 2 validation images")
@@ -258,8 +260,9 @@ class GANFamily(Family):
             d_real = torch.cat([D(x).float().flatten() for x in real.split(CHUNK)])  # [N]
             d_fake = torch.cat([D(x).float().flatten() for x in fake.split(CHUNK)])  # [N]
         real01, fake01 = real.add(1.0).mul(0.5), fake.add(1.0).mul(0.5)
+        quality = metrics.image_quality(self.features_net(), real01, fake01)
         return {
-            "val_fid": float(metrics.fid(self.features_net(), real01, fake01)),
+            **{f"val_{k}": float(v) for k, v in quality.items()},
             "val_d_loss": float(losses.d_loss(self.loss_name, d_real, d_fake)),
             "val_d_real": float(d_real.mean()),
             "val_d_fake": float(d_fake.mean()),

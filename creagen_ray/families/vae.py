@@ -36,7 +36,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from creagen_ray import losses
+from creagen_ray import losses, metrics
 from creagen_ray.config import FamilyConfig, ImageRequest, InterpolateRequest, TextRequest
 from creagen_ray.families.base import Batch, Family, latent_walk, prior_latents, seeded_generator
 from creagen_ray.families.conv import ConvDecoder, ConvEncoder, images_to_unit
@@ -55,6 +55,15 @@ class VAEConfig(FamilyConfig):
     embed_dim: int = Field(64, ge=1, description="sentence arch")
     hidden_size: int = Field(256, ge=1, description="sentence arch")
     word_dropout: float = Field(0.0, ge=0.0, le=1.0, description="sentence arch: decoder input dropout")
+    free_bits: float = Field(
+        0.0,
+        ge=0.0,
+        description="nats per latent: each latent's batch-mean KL counts at least this much in the "
+        "training loss (Kingma et al. 2016), so the optimizer gains nothing by collapsing it; 0 = off",
+    )
+
+
+PRIOR_EVAL_SEED_OFFSET = 7919  # evaluate() decodes prior latents from cfg.train.seed + this: the same z every time
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -153,12 +162,16 @@ class VAEFamily(Family):
     default_loss = "bce"
     modalities = frozenset({"image", "text"})
     val_metric = "val_neg_elbo"
-    progress_metrics = ("loss", "recon", "kl", "val_neg_elbo")
+    progress_metrics = ("loss", "recon", "kl", "val_neg_elbo", "val_prior_fcd")
 
     @classmethod
     def data_modalities(cls, model: Any) -> frozenset[str]:
         """conv trains on images, sentence on text."""
         return frozenset({"image" if model.arch == "conv" else "text"})
+
+    # conv arch: the training loop attaches the dataset's FeatureNet classifier (see gan.py) and
+    # evaluate() then also scores prior samples: val_prior_fcd, precision/recall, class coverage.
+    feature_net: nn.Module | None = None
 
     # -- build ---------------------------------------------------------------------------------
 
@@ -196,9 +209,9 @@ class VAEFamily(Family):
     # -- the ELBO --------------------------------------------------------------------------------
 
     def _terms(
-        self, module: nn.Module, batch: Batch, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-item reconstruction [B] and KL [B] in nats, plus the model output, for one batch."""
+        self, module: nn.Module, batch: Batch, generator: torch.Generator | None = None, with_posterior: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Per-item reconstruction [B] and KL [B] in nats, plus the model output (or mu, logvar [B, L])."""
         if self.arch == "conv":
             x = images_to_unit(batch["image"].to(self.device))  # [B, C, S, S] in [0, 1]
             with self.autocast():
@@ -210,15 +223,22 @@ class VAEFamily(Family):
             with self.autocast():
                 logits, mu, logvar = module(tokens, self.cfg.model.word_dropout, generator)
             recon = losses.cross_entropy(logits, tokens, reduction="none").sum(dim=1)  # [B]
+        if with_posterior:
+            return recon, losses.kl_normal(mu, logvar), mu, logvar
         return recon, losses.kl_normal(mu, logvar), logits
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One step on recon + kl_weight * KL (per item, batch mean); metrics in nats per item."""
         self.train(True)
         w, lr = self.kl_weight, self.steppers["main"].lr
-        recon, kl, _ = self._terms(self.modules["vae"], batch)
+        recon, kl, mu, logvar = self._terms(self.modules["vae"], batch, with_posterior=True)
         recon, kl = recon.mean(), kl.mean()
-        loss = recon + w * kl
+        free_bits = self.cfg.model.free_bits
+        if free_bits > 0:  # Kingma et al. 2016: each latent's batch-mean KL counts at least free_bits
+            kl_dim = (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())).float().mean(dim=0)  # [L]
+            loss = recon + w * kl_dim.clamp_min(free_bits).sum()
+        else:
+            loss = recon + w * kl
         self.steppers["main"].backward(loss)
         self.step += 1
         return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item(), "kl_weight": w, "lr": lr}
@@ -230,8 +250,12 @@ class VAEFamily(Family):
         module = self.raw("vae")
         g = seeded_generator(0, self.device)  # the same z noise every evaluation: comparable numbers
         n, rec_sum, kl_sum, sq_sum, units = 0, 0.0, 0.0, 0.0, 0  # units: pixels (conv) or tokens (text)
+        mus, reals = [], []
         for batch in batches:
-            recon, kl, _ = self._terms(module, batch, g)
+            recon, kl, mu, _ = self._terms(module, batch, g, with_posterior=True)
+            mus.append(mu.float().cpu())
+            if self.arch == "conv":
+                reals.append(batch["image"])
             n += recon.numel()
             rec_sum += recon.sum().item()
             kl_sum += kl.sum().item()
@@ -245,8 +269,16 @@ class VAEFamily(Family):
             raise ValueError("evaluate() got no batches")
         out = {"val_recon": rec_sum / n, "val_kl": kl_sum / n}
         out["val_neg_elbo"] = out["val_loss"] = out["val_recon"] + out["val_kl"]
+        # active units (Burda et al. 2016): latents whose posterior mean varies across inputs (> 0.01)
+        mu_all = torch.cat(mus)
+        out["val_active_units"] = float((mu_all.var(dim=0) > 0.01).sum()) if mu_all.shape[0] > 1 else 0.0
         if self.arch == "conv":
             out["val_mse"] = sq_sum / units
+            if self.feature_net is not None and n >= 8:  # prior samples vs the same real images
+                real = torch.cat(reals).to(self.device)
+                fake = self.sample(real.shape[0], seed=self.cfg.train.seed + PRIOR_EVAL_SEED_OFFSET)
+                quality = metrics.image_quality(self.feature_net, real, fake)
+                out.update({f"val_prior_{k}": float(v) for k, v in quality.items()})
         else:
             out["val_recon_per_token"] = rec_sum / units
         return out

@@ -1,7 +1,7 @@
 """Quality metrics for generated text and images (pure PyTorch/NumPy, no Ray).
 
 text:   perplexity, bits_per_token, distinct_n, diversity, NGramIndex(corpus).novelty(samples)
-images: frechet_distance, FeatureNet, train_feature_net, random_feature_net, fid, inception_score,
+images: precision_recall, class_coverage, image_quality (manifold.py), frechet_distance, FeatureNet, train_feature_net, random_feature_net, fid, inception_score,
         nearest_neighbour_distance; inception_fid when a local Inception weights file exists.
 
     net = train_feature_net(train_images, train_labels, num_classes=10, steps=400)
@@ -23,6 +23,7 @@ from creagen_ray.metrics.images import (
     random_feature_net,
     train_feature_net,
 )
+from creagen_ray.metrics.manifold import class_coverage, image_quality, precision_recall
 from creagen_ray.metrics.inception import InceptionUnavailable, inception_fid, load_inception
 from creagen_ray.metrics.text import (
     NGramIndex,
@@ -39,6 +40,7 @@ __all__ = [
     "InceptionUnavailable",
     "NGramIndex",
     "bits_per_token",
+    "class_coverage",
     "classifier_accuracy",
     "distinct_n",
     "diversity",
@@ -47,6 +49,7 @@ __all__ = [
     "fid",
     "frechet_distance",
     "gaussian_stats",
+    "image_quality",
     "inception_fid",
     "inception_score",
     "load_inception",
@@ -55,6 +58,7 @@ __all__ = [
     "ngrams",
     "novelty",
     "perplexity",
+    "precision_recall",
     "random_feature_net",
     "train_feature_net",
 ]

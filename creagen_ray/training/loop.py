@@ -9,10 +9,17 @@ Per step every rank agrees (one tiny all-reduce) whether any rank saw a NaN/Inf 
 ranks report the failure without a checkpoint and return, so Ray Train neither retries it nor
 overwrites the last good checkpoint, and the driver raises NonFiniteLossError.
 
-Evaluation runs on rank 0 only, over the first `train.eval_batches` x `batch_size` rows of the
-validation split, read once (pyarrow, bounded) and kept in memory so that every evaluation sees
-the same held-out batches. The other ranks wait at the next collective; rank 0's metrics are what Ray Train, Tune
-and the progress printer see.
+Evaluation runs on rank 0 only. Periodic evaluations (every `train.eval_every` steps, in steps
+and epochs mode alike) use the first `train.eval_batches` x `batch_size` rows of the validation
+split, read once (pyarrow, bounded) and kept in memory so that every evaluation sees the same
+held-out batches; the final evaluation of a run covers the whole split. Every evaluation reports
+`val_items` (rows it covered) and `val_split_items` (rows in the split). The other ranks wait at the
+next collective; rank 0's metrics are what Ray Train, Tune and the progress printer see.
+
+Batches come from `_EpochFeed`: one thread iterates this worker's shard epoch after epoch into a
+short queue, so the next epoch's read starts while the last batches of the current one are still
+being trained on. With a materialized split (trainer.training_dataset) the next epoch starts at
+once; `epoch_gap_s` reports the wait between the last batch of an epoch and the first of the next.
 
 `config` holds only JSON-able values (plus an optional checkpoint object to resume from):
     cfg          ExperimentConfig.model_dump(mode="json")
@@ -30,8 +37,10 @@ import hashlib
 import logging
 import math
 import os
+import queue
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -58,6 +67,65 @@ FEATURE_NET_IMAGES = 2000
 FEATURE_NET_STEPS = 200
 # rows each worker keeps in its local shuffle buffer, in batches (Ray Data shuffles within it)
 SHUFFLE_BATCHES = 16
+# batches the feed thread may hold ready ahead of the training step (across an epoch boundary)
+FEED_AHEAD = 4
+
+
+def torch_threads(cpus_per_worker: float, explicit: int | None = None) -> int:
+    """Intra-op threads per worker: `explicit`, else cpus_per_worker rounded half up, at least 1."""
+    return explicit or max(1, int(math.floor(cpus_per_worker + 0.5)))
+
+
+class _EpochFeed:
+    """Batches of consecutive epochs, read by one background thread into a bounded queue.
+
+    `epoch()` yields one epoch's batches. The thread moves on to the next epoch as soon as the
+    current one's last batch is queued, so its read (Ray Data's start-up for a streamed split)
+    overlaps the training of the last FEED_AHEAD batches. `close()` stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, make_epoch: Any, ahead: int = FEED_AHEAD) -> None:
+        self._make_epoch = make_epoch
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="creagen-epoch-feed", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for batch in self._make_epoch():
+                    if not self._put(batch):
+                        return
+                if not self._put(self._END):
+                    return
+        except BaseException as err:  # handed to the training thread, raised there
+            self._put(err)
+
+    def epoch(self) -> Iterable[dict[str, torch.Tensor]]:
+        """This epoch's batches, in order; raises what the reading thread raised."""
+        while True:
+            item = self._q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading ahead (the thread is a daemon and ends at its next queue operation)."""
+        self._stop.set()
 
 
 def batch_columns(spec: DataSpec) -> dict[str, torch.dtype]:
@@ -197,12 +265,21 @@ def _attach_feature_net(family: Family, data_path: str | None, spec: DataSpec) -
     family.feature_net = train_feature_net(
         images, labels, num_classes=spec.num_classes, steps=FEATURE_NET_STEPS, seed=family.cfg.train.seed
     ).to(family.device)
+    family.feature_extractor = feature_extractor_name(len(images))
+
+
+def feature_extractor_name(n_images: int, steps: int = FEATURE_NET_STEPS) -> str:
+    """What the image metrics (fcd, precision, recall, coverage) were computed with, for metrics.json."""
+    return (
+        f"creagen FeatureNet classifier ({steps} steps on {n_images} labelled training images); "
+        "fcd is a Frechet classifier distance, not Inception FID"
+    )
 
 
 def _val_batches(
-    data_path: str, spec: DataSpec, n_batches: int, batch_size: int, device: torch.device
+    data_path: str, spec: DataSpec, n_batches: int | None, batch_size: int, device: torch.device
 ) -> list[dict[str, torch.Tensor]]:
-    """The first eval_batches x batch_size validation rows as batches, read once (rank 0).
+    """The first n_batches x batch_size validation rows (None: all of them) as batches, read once (rank 0).
 
     A bounded read with pyarrow straight from the prepared shards: starting a Ray Data pipeline
     for a few hundred rows costs seconds of start-up, this costs milliseconds.
@@ -214,11 +291,11 @@ def _val_batches(
 
     prepared = load_prepared(data_path)
     columns = batch_columns(spec)
-    want = n_batches * batch_size
+    want = prepared.num_rows("val") if n_batches is None else n_batches * batch_size
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     have = 0
     for f in prepared.files("val"):
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=min(want, 4096), columns=list(columns)):
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=max(1, min(want, 4096)), columns=list(columns)):
             for c in columns:
                 parts[c].append(rb.column(c).to_numpy(zero_copy_only=False))
             have += rb.num_rows
@@ -261,7 +338,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
+    torch.set_num_threads(torch_threads(t.cpus_per_worker, t.torch_threads))
     device = ray.train.torch.get_device()
     seed_everything(t.seed + rank)
 
@@ -277,22 +354,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     columns = batch_columns(spec)
     shard = ray.train.get_dataset_shard("train")
     val: list[dict[str, torch.Tensor]] | None = None
+    val_full: list[dict[str, torch.Tensor]] | None = None
     last_val: dict[str, float] = {}
+    gaps: list[float] = []  # seconds between the last batch of an epoch and the first of the next
     window = _Window()
     t_start = time.perf_counter()
 
     def done() -> bool:
         return family.step >= total_steps if t.epochs is None else epoch >= t.epochs
 
-    def evaluate() -> dict[str, float]:
-        nonlocal val, last_val
+    def evaluate(final: bool = False) -> dict[str, float]:
+        """Periodic: the fixed eval_batches subset; final: the whole validation split."""
+        nonlocal val, val_full, last_val
         if rank == 0:
             if val is None:
                 _attach_feature_net(family, config.get("data_path"), spec)
                 val = _val_batches(config["data_path"], spec, t.eval_batches, t.batch_size, device)
-            if val:
-                last_val = _evaluate(family, val)
+            if final and val_full is None:
+                val_full = _val_batches(config["data_path"], spec, None, t.batch_size, device)
+            batches = val_full if final else val
+            if batches:
+                last_val = _evaluate(family, batches)
                 last_val["val_step"] = family.step
+                last_val["val_items"] = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+                last_val["val_split_items"] = int(config.get("val_rows") or last_val["val_items"])
+                last_val["val_final"] = float(final)
+                if getattr(family, "feature_extractor", None):
+                    last_val["feature_extractor"] = family.feature_extractor  # type: ignore[assignment]
         return last_val
 
     def report(checkpoint: bool) -> bool:
@@ -307,7 +395,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             "time_s": time.perf_counter() - t_start,
             "lr": next(iter(family.steppers.values())).lr,
             "world_size": world,
+            "data_mode": str(config.get("data_mode", "streaming")),
         }
+        if gaps:
+            metrics["epoch_gap_s"] = gaps[-1]
+            metrics["epoch_gap_max_s"] = max(gaps)
         window.reset()
         if not checkpoint:
             ray.train.report(metrics)
@@ -347,58 +439,74 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         outcome.update(nonfinite=True, what=what, metrics=metrics)
         ray.train.report(metrics)
 
-    ok = not done()
-    while ok:
-        batches = 0
-        t_wait = time.perf_counter()
-        for batch in shard.iter_torch_batches(
+    def read_epoch() -> Iterable[dict[str, torch.Tensor]]:
+        return shard.iter_torch_batches(
             batch_size=t.batch_size,
             dtypes=columns,
             device=device,
             drop_last=True,
             prefetch_batches=2,
             local_shuffle_buffer_size=SHUFFLE_BATCHES * t.batch_size,
-        ):
-            wait_s = time.perf_counter() - t_wait
-            metrics = family.train_step(batch)
-            if faults.get("nan_at_step") is not None and family.step >= faults["nan_at_step"]:
-                metrics = {**metrics, "loss": float("nan")}
-            batches += 1
-            window.add(metrics, batch_items(batch), wait_s)
-            if comm.any(not _finite(metrics)):
-                bad = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
-                stop_nonfinite({**window.summary(), **metrics}, f"loss is NaN/Inf at step {family.step}: {bad}")
-                ok = False
-                break
-            _maybe_kill(faults, family.step, rank)
-            step = family.step
-            is_last = t.epochs is None and step >= total_steps
-            do_eval = step % t.eval_every == 0 or is_last
-            do_ckpt = step % t.checkpoint_every == 0 or is_last
-            if do_eval:
-                evaluate()
-            if do_eval or do_ckpt or step % t.log_every == 0:
-                ok = report(checkpoint=do_ckpt)
-            if is_last or not ok:
-                ok = False  # a steps-run ends mid-epoch: no end_epoch (gd would step on a partial epoch)
-                break
+        )
+
+    ok = not done()
+    feed = _EpochFeed(read_epoch) if ok else None
+    t_epoch_end: float | None = None  # when the last batch of the previous epoch was done with
+    try:
+        while ok:
+            batches = 0
             t_wait = time.perf_counter()
-        if not ok:
-            break
-        if batches == 0:
-            raise RuntimeError(
-                f"worker {rank} got no full batch of {t.batch_size} rows from its training shard: "
-                "lower train.batch_size or use more data"
-            )
-        family.end_epoch()  # full-batch `gd` takes its one step here
-        epoch += 1
-        if t.epochs is not None:
-            evaluate()
-            ok = report(checkpoint=True) and not done()
+            for batch in feed.epoch():
+                now = time.perf_counter()
+                wait_s = now - t_wait
+                if batches == 0 and t_epoch_end is not None:
+                    gaps.append(now - t_epoch_end)
+                metrics = family.train_step(batch)
+                if faults.get("nan_at_step") is not None and family.step >= faults["nan_at_step"]:
+                    metrics = {**metrics, "loss": float("nan")}
+                batches += 1
+                window.add(metrics, batch_items(batch), wait_s)
+                if comm.any(not _finite(metrics)):
+                    bad = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+                    stop_nonfinite({**window.summary(), **metrics}, f"loss is NaN/Inf at step {family.step}: {bad}")
+                    ok = False
+                    break
+                _maybe_kill(faults, family.step, rank)
+                step = family.step
+                is_last = (t.epochs is None and step >= total_steps) or (
+                    t.time_budget_s is not None and comm.any(time.perf_counter() - t_start >= t.time_budget_s)
+                )
+                do_eval = step % t.eval_every == 0 or is_last
+                do_ckpt = step % t.checkpoint_every == 0 or is_last
+                if do_eval:
+                    evaluate(final=is_last)
+                if do_eval or do_ckpt or step % t.log_every == 0:
+                    ok = report(checkpoint=do_ckpt)
+                if is_last or not ok:
+                    ok = False  # a steps-run ends mid-epoch: no end_epoch (gd would step on a partial epoch)
+                    break
+                t_wait = time.perf_counter()
+            if not ok:
+                break
+            if batches == 0:
+                raise RuntimeError(
+                    f"worker {rank} got no full batch of {t.batch_size} rows from its training shard: "
+                    "lower train.batch_size or use more data"
+                )
+            family.end_epoch()  # full-batch `gd` takes its one step here
+            epoch += 1
+            t_epoch_end = time.perf_counter()
+            if done():  # epochs mode: the final evaluation (whole split) and checkpoint
+                evaluate(final=True)
+                report(checkpoint=True)
+                ok = False
+    finally:
+        if feed is not None:
+            feed.close()
 
     if family.step == start_step and done():
         # resumed a run that had already finished: report once so it ends with metrics and a checkpoint
-        evaluate()
+        evaluate(final=True)
         report(checkpoint=True)
     return {**outcome, "step": family.step}
 
