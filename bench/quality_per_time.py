@@ -18,6 +18,7 @@ Both are then scored here, identically, on the same 2,000 evaluation images (MNI
   -ELBO      VAE only: nats per image on all 2,000 evaluation images, one z draw per image.
 Ratios are project / reference (below 1 is better for fcd and -ELBO, above 1 for precision/recall).
 Grids (reference left, project right) go to <out>/<model>-grid.png. Log `uptime` beside the numbers.
+MNIST comes from ../shared/data/mnist, or $CREAGEN_SHARED_DATA/mnist when that is set.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "reference"))
 
-from common import load_mnist  # noqa: E402
+from mnist_split import MNIST_DIR, load_mnist  # noqa: E402
 
 from creagen_ray.bundle import load_bundle  # noqa: E402
 from creagen_ray.config import ImageRequest  # noqa: E402
@@ -76,7 +77,9 @@ def project(model: str, budget: float, out: Path) -> dict[str, Any]:
     _, config, _ = MODELS[model]
     run_name = f"qpt-{model}-{int(time.time())}"
     creagen = str(Path(sys.executable).with_name("creagen"))
-    wall = run([creagen, "train", config, "--set", f"train.time_budget_s={budget}",
+    data = [f"data.source={MNIST_DIR / 't10k-images-idx3-ubyte.gz'}", f"data.labels={MNIST_DIR / 't10k-labels-idx1-ubyte.gz'}"]
+    wall = run([creagen, "train", config, *(x for kv in data for x in ("--set", kv)),
+                "--set", f"train.time_budget_s={budget}",
                 "--set", f"train.storage_path={out / 'runs'}", "--set", f"train.run_name={run_name}"],
                out / f"project-{model}.log")
     bundle = load_bundle(out / "runs" / run_name / "bundle")

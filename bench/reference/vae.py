@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import batches, load_mnist, parse_args, run_for, save  # noqa: E402
+from mnist_split import batches, load_mnist, parse_args, run_for, save  # noqa: E402
 
 LATENT = 20
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+# ../shared/data/mnist from the repo root, or $CREAGEN_SHARED_DATA/mnist (as the tests use)
+MNIST_DIR = Path(os.environ.get("CREAGEN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mnist"
 
 
 def read_idx(path: Path) -> np.ndarray:
