@@ -58,6 +58,15 @@ class DataConfig(Strict):
     image_size: int | None = Field(None, ge=8, le=1024, description="resize images to this side; None keeps them")
     channels: Literal[1, 3] | None = Field(None, description="force 1 (gray) or 3 (RGB) channels")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="text: last part by position; images: every k-th item")
+    split: Literal["auto", "position", "file"] = Field(
+        "auto",
+        description="text: position = the last val_fraction of the tokens is val; file = whole files go to val "
+        "(chosen by a hash of their name); auto = position for one file, file for several",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Parquet: contract column -> source column, e.g. {text: body, label: y}"
+    )
+    skip_bad_files: bool = Field(False, description="skip unreadable files (counted in the manifest) instead of failing")
     seed: int = 0
     max_items: int | None = Field(None, ge=1, description="use only the first N images / N characters")
     builtin_size: int = Field(10000, ge=10, description="how many images builtin:shapes generates")

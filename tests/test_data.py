@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,10 @@ def test_tinyshakespeare_full(shakespeare_path, tmp_path):
     assert tok.decode(train[:, :-1].ravel().tolist()) == text[: rows["train"] * 128]
     assert tok.decode(val[:, :-1].ravel().tolist()) == text[n_train : n_train + rows["val"] * 128]
     assert (train[1:, 0] == train[:-1, -1]).all()  # stride seq_len: the target of one window starts the next
+    # identical to the single-process implementation the Ray Data pipeline replaced: sha256 of its
+    # int32 token rows, recorded from that implementation before it was removed
+    assert hashlib.sha256(train.astype("<i4").tobytes()).hexdigest().startswith("4e3c6b22bcd766be")
+    assert hashlib.sha256(val.astype("<i4").tobytes()).hexdigest().startswith("724eb4c1eacb03bc")
 
     # Ray Data reads back exactly the expected windows and tokens
     import ray.data
@@ -389,20 +394,18 @@ def test_crash_while_writing_leaves_previous_version_intact(small_text, tmp_path
 
     calls = []
 
-    def write_then_crash(columns, out_dir, rows_per_shard):
-        calls.append(out_dir)
-        if len(calls) == 2:  # train written, crash on val
-            raise RuntimeError("disk full")
-        return real_write(columns, out_dir, rows_per_shard)
+    def crash_after_shards(fs, root, manifest):  # every shard is written by now; the manifest fails
+        calls.append(root)
+        assert any(Path(root, "train").iterdir())
+        raise RuntimeError("disk full")
 
-    real_write = prepare_mod._write_split
-    monkeypatch.setattr(prepare_mod, "_write_split", write_then_crash)
+    monkeypatch.setattr(prepare_mod, "_write_manifest", crash_after_shards)
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_data(cfg, str(tmp_path), force=True)
     assert json.loads((out / "manifest.json").read_text()) == before
     assert load_prepared(out).manifest == good.manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "small.txt"]  # temp dir removed
-    assert not os.path.exists(calls[0])
+    assert calls and not os.path.exists(calls[0])
 
 
 def test_refuses_to_replace_a_foreign_folder_and_load_checks(tmp_path, small_text):
@@ -414,3 +417,207 @@ def test_refuses_to_replace_a_foreign_folder_and_load_checks(tmp_path, small_tex
     assert (foreign / "notes.txt").read_text(encoding="utf-8") == "keep me"
     with pytest.raises(DataError, match="no readable manifest.json"):
         load_prepared(foreign)
+
+
+# ----------------------------------------------------------------------------------------------
+# the Ray Data pipeline: pieces, many files, skipping, column mapping
+
+
+def reference_windows(ids: list[int], n_train: int, seq_len: int, stride: int) -> dict[str, np.ndarray]:
+    """Windows of seq_len + 1 ids at 0, stride, ... inside train = ids[:n_train] and val = the rest."""
+    out = {}
+    for split, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
+        rows = [part[s : s + seq_len + 1] for s in range(0, len(part) - seq_len, stride)]
+        out[split] = np.array(rows, dtype=np.int32).reshape(-1, seq_len + 1)
+    return out
+
+
+def test_text_pieces_tile_the_corpus(tmp_path, monkeypatch):
+    # 1- to 4-byte UTF-8 characters, cut into 97-byte pieces: every cut lands somewhere odd
+    rng = np.random.default_rng(5)
+    alphabet = list("abcdefgh ijklm\n") + ["é", "ß", "—", "✓", "你", "好", "🙂", "𝄞"]
+    text = "".join(rng.choice(alphabet, 3000))
+    src = tmp_path / "multi.txt"
+    src.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(prepare_mod, "TEXT_PIECE_BYTES", 97)
+    raw = text.encode("utf-8")
+    cases = [
+        (DataConfig(source=str(src), seq_len=16), list(text), 16),
+        (DataConfig(source=str(src), seq_len=10, stride=3, max_items=2501, val_fraction=0.3), list(text[:2501]), 3),
+        (DataConfig(source=str(src), seq_len=16, stride=5, tokenizer="byte"), list(raw), 5),
+    ]
+    for i, (cfg, tokens, stride) in enumerate(cases):
+        prepared = prepare_data(cfg, str(tmp_path / f"s{i}"))
+        vocab = list(range(256)) if cfg.tokenizer == "byte" else sorted(set(tokens))
+        assert prepared.spec.vocab_size == len(vocab)
+        index = {t: j for j, t in enumerate(vocab)}
+        ids = [index[t] for t in tokens]
+        want = reference_windows(ids, int(len(ids) * (1 - cfg.val_fraction)), cfg.seq_len, stride)
+        for split in ("train", "val"):
+            np.testing.assert_array_equal(prepared.read_numpy(split)["tokens"], want[split])
+        assert len(prepared.files("train")) > 10  # really cut into many pieces, each its own task
+    assert prepared.tokenizer.decode(prepared.read_numpy("train")["tokens"][0].tolist()) == raw[:17].decode("utf-8", "replace")
+
+
+def test_many_text_files_split_by_file(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "more").mkdir(parents=True)
+    texts = {}
+    for i in range(12):
+        name = f"more/doc{i:02d}.txt" if i % 4 == 0 else f"doc{i:02d}.txt"
+        texts[name] = f"document {i} says: " + " ".join(f"w{i}x{j}" for j in range(40)) + "\n"
+        (corpus / name).write_text(texts[name], encoding="utf-8")
+    (corpus / ".hidden.txt").write_text("never read", encoding="utf-8")
+    cfg = DataConfig(source=str(corpus), seq_len=16, val_fraction=0.25)
+    prepared = prepare_data(cfg, str(tmp_path / "store"))
+    m = prepared.manifest
+    score = {n: int(hashlib.sha256(n.encode()).hexdigest()[:15], 16) / 16**15 for n in texts}
+    val_names = sorted(n for n in texts if score[n] < 0.25)
+    assert m["val_files"] == val_names and 0 < len(val_names) < 12 and m["source_files"] == 12
+    tok = prepared.tokenizer
+    assert "never" not in "".join(tok.chars) or all("never" not in t for t in texts.values())
+    for split, names in (("train", sorted(set(texts) - set(val_names))), ("val", val_names)):
+        rows = prepared.read_numpy(split)["tokens"]
+        assert len(rows) == sum(expected_windows(len(texts[n]), 16) for n in names)
+        for w in rows:  # each window lies inside one file of its split: none crosses a file boundary
+            assert any(tok.decode(w.tolist()) in texts[n] for n in names)
+    # a glob picks the same files; adding a file moves no other file between the splits
+    (corpus / "doc99.txt").write_text("document 99 " * 30, encoding="utf-8")
+    again = prepare_data(DataConfig(source=str(corpus / "**.txt"), seq_len=16, val_fraction=0.25), str(tmp_path / "store"))
+    assert again.manifest["source_files"] == 13
+    assert set(again.manifest["val_files"]) - {"doc99.txt"} == set(val_names)
+    # a list of files, split by position across them; split by file needs two files
+    two = [str(corpus / "doc01.txt"), str(corpus / "doc02.txt")]
+    pos = prepare_data(DataConfig(source=two, seq_len=16, split="position", val_fraction=0.5), str(tmp_path / "store"))
+    assert pos.num_rows("train") == expected_windows(len(texts["doc01.txt"]), 16)
+    with pytest.raises(DataError, match="data.split=file needs at least 2 files"):
+        prepare_data(DataConfig(source=two[0], seq_len=16, split="file"), str(tmp_path / "store"))
+    # one file that is not UTF-8 among many: named, or skipped and counted
+    (corpus / "bad.txt").write_bytes(b"caf\xe9 au lait " * 20)
+    with pytest.raises(DataError, match=r"bad\.txt is not valid UTF-8 \(byte 0xe9 at offset 3\).*skip_bad_files=true"):
+        prepare_data(DataConfig(source=str(corpus), seq_len=16), str(tmp_path / "store"))
+    skip = prepare_data(DataConfig(source=str(corpus), seq_len=16, skip_bad_files=True), str(tmp_path / "store"))
+    assert skip.manifest["skipped_files"]["count"] == 1 and "bad.txt" in skip.manifest["skipped_files"]["files"][0]
+    assert skip.num_rows("train") + skip.num_rows("val") == again.num_rows("train") + again.num_rows("val")
+
+
+def _png(path, size=(12, 12), mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+
+
+def test_image_folder_skip_bad_files_and_jpeg(tmp_path):
+    root = tmp_path / "imgs"
+    for i in range(6):
+        _png(root / ("cats" if i % 2 else "dogs") / f"{i}.png", seed=i)
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(root / "dogs" / "9.jpg", quality=95)
+    good = prepare_data(DataConfig(source=str(root), modality="image", val_fraction=0.0), str(tmp_path / "a"))
+    assert good.num_rows("train") == 7 and good.spec.num_classes == 2
+    (root / "dogs" / "7.png").write_bytes((root / "dogs" / "0.png").read_bytes()[:60])  # truncated
+    with pytest.raises(DataError, match=r"dogs/7\.png in .* cannot be read: .*skip_bad_files"):
+        prepare_data(DataConfig(source=str(root), modality="image"), str(tmp_path / "b"))
+    assert leftovers(tmp_path / "b") == []
+    skip = prepare_data(DataConfig(source=str(root), modality="image", skip_bad_files=True, val_fraction=0.0), str(tmp_path / "b"))
+    assert skip.num_rows("train") == 7
+    assert skip.manifest["skipped_files"]["count"] == 1 and "dogs/7.png" in skip.manifest["skipped_files"]["files"][0]
+    np.testing.assert_array_equal(skip.read_numpy("train")["image"], good.read_numpy("train")["image"])
+    assert "skipped 1 unreadable file(s)" in skip.summary()
+
+
+def test_parquet_column_mapping(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowTensorArray
+
+    lines = [f"line {i}: the quick brown fox" for i in range(50)]
+    pq.write_table(pa.table({"body": lines, "n": list(range(50))}), tmp_path / "t.parquet")
+    text = prepare_data(DataConfig(source=str(tmp_path / "t.parquet"), seq_len=16, columns={"text": "body"}), str(tmp_path / "s"))
+    joined = "\n".join(lines)
+    assert text.num_rows("train") == expected_windows(int(len(joined) * 0.9), 16)
+    assert text.tokenizer.decode(text.read_numpy("train")["tokens"][0].tolist()) == joined[:17]
+
+    imgs = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    pq.write_table(pa.table({"img": ArrowTensorArray.from_numpy(imgs), "y": np.arange(20) % 3}), tmp_path / "i.parquet")
+    cfg = DataConfig(source=str(tmp_path / "i.parquet"), modality="image", columns={"image": "img", "label": "y"}, val_fraction=0.25)
+    prepared = prepare_data(cfg, str(tmp_path / "s"))
+    assert prepared.spec.num_classes == 3 and (prepared.num_rows("train"), prepared.num_rows("val")) == (15, 5)
+    np.testing.assert_array_equal(prepared.read_numpy("val")["image"][:, 0], imgs[::4])
+
+
+# `creagen prepare` on bad sources: one line naming the file, exit 2, no traceback, nothing written
+
+
+def _corrupt_png(t):
+    _png(t / "imgs" / "a.png")
+    raw = bytearray((t / "imgs" / "a.png").read_bytes())
+    raw[60:90] = b"\0" * 30
+    _png(t / "imgs" / "b.png", seed=1)
+    (t / "imgs" / "c.png").write_bytes(bytes(raw))
+    return {"source": str(t / "imgs"), "modality": "image"}, "c.png"
+
+
+def _text_as_png(t):
+    _png(t / "imgs" / "a.png")
+    (t / "imgs" / "notes.png").write_text("just some text\n", encoding="utf-8")
+    return {"source": str(t / "imgs"), "modality": "image"}, "notes.png"
+
+
+def _truncated_png(t):
+    _png(t / "imgs" / "a.png", size=(64, 64))
+    raw = (t / "imgs" / "a.png").read_bytes()
+    (t / "imgs" / "b.png").write_bytes(raw[: len(raw) // 2])
+    return {"source": str(t / "imgs"), "modality": "image"}, "b.png"
+
+
+def _int_text_parquet(t):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": list(range(100))}), t / "ints.parquet")
+    return {"source": str(t / "ints.parquet")}, "ints.parquet"
+
+
+def _corrupt_parquet(t):
+    (t / "pq").mkdir()
+    (t / "pq" / "bad.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 40)
+    return {"source": str(t / "pq"), "modality": "image"}, "bad.parquet"
+
+
+def _object_npy(t):
+    np.save(t / "objs.npy", np.array([{"a": 1}, None, "x"], dtype=object), allow_pickle=True)
+    return {"source": str(t / "objs.npy"), "modality": "image"}, "objs.npy"
+
+
+def _mixed_modes(t):
+    _png(t / "imgs" / "a.png", mode="L")
+    _png(t / "imgs" / "b.png", mode="RGB")
+    return {"source": str(t / "imgs"), "modality": "image"}, "b.png"
+
+
+def _unknown_scheme(t):
+    return {"source": "nosuch://bucket/corpus.txt"}, "nosuch://bucket/corpus.txt"
+
+
+def _empty_prefix(t):
+    (t / "empty").mkdir()
+    return {"source": str(t / "empty")}, "empty"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_corrupt_png, _text_as_png, _truncated_png, _int_text_parquet, _corrupt_parquet, _object_npy, _mixed_modes,
+     _unknown_scheme, _empty_prefix],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_cli_prepare_bad_source_exits_2_naming_the_file(tmp_path, capsys, make):
+    data, name = make(tmp_path)
+    store = tmp_path / "store"
+    cfg = tmp_path / "exp.yaml"
+    family = {"family": "vae"} if data.get("modality") == "image" else {"family": "rnn"}
+    cfg.write_text(yaml.safe_dump({"data": data, "model": family, "train": {"storage_path": str(store)}}), encoding="utf-8")
+    assert main(["prepare", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert name in err and "Traceback" not in err, err
+    assert leftovers(store) == []

@@ -45,9 +45,12 @@ def _shape_masks(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def make_shapes(
-    n: int, size: int = 32, channels: int = 1, seed: int = 0, chunk: int = 1024
+    n: int, size: int = 32, channels: int = 1, seed: int = 0, chunk: int = 1024, items: range | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draw n shapes -> (uint8 images [n, C, size, size], factors incl. "label" = shape class).
+
+    `items` (a sub-range of range(n)) draws only those shapes, identical to the same rows of the
+    full set: what one Ray task of `creagen prepare` renders.
 
     Factors, drawn uniformly: shape class, scale in [0.5, 1], rotation in [0, 2 pi) radians and
     position x, y in [0, 1] (left/top to right/bottom of the range that keeps the shape inside the
@@ -63,6 +66,10 @@ def make_shapes(
         "pos_y": rng.uniform(0.0, 1.0, n).astype(np.float32),
     }
     colour = rng.uniform(0.4, 1.0, (n, 3)).astype(np.float32)
+    if items is not None:
+        factors = {k: v[items.start : items.stop] for k, v in factors.items()}
+        colour = colour[items.start : items.stop]
+        n = len(colour)
 
     ss = 2  # supersampling factor
     grid = ((np.arange(size * ss) + 0.5) / ss).astype(np.float32)  # pixel-centre coordinates

@@ -1,88 +1,134 @@
-"""Readers for every data source `DataConfig.source` may name, into plain numpy / bytes.
+"""Where data comes from: locate a source (local path, folder, glob or URI) and read pieces of it.
 
     builtin:python-docs | builtin:shapes      embedded (see builtin.py)
-    text file(s)                              UTF-8 text (the byte tokenizer takes any bytes)
-    Parquet dir or file                       a "text" string column, or an "image" tensor column (+ "label")
+    text file(s), a folder or a glob          UTF-8 text (the byte tokenizer takes any bytes)
+    Parquet file(s) or folder                 a string column "text", or an "image" tensor column (+ "label")
     MNIST-style idx images (+ labels)         gz or raw; magic 2051 (images) / 2049 (labels)
-    a folder of PNG images                    class sub-folders become labels (ImageFolder style)
+    a folder of PNG/JPEG images               class sub-folders become labels (ImageFolder style)
     .npy array                                uint8 [N,H,W], [N,C,H,W] or [N,H,W,C] (+ labels .npy or idx)
 
-No Ray here except the Parquet tensor type (importing `ray.data` registers it with pyarrow).
-Every failure is a `DataError` naming the `data.*` field and the offending value.
+Every location goes through `creagen_ray.storage.resolve` (a `pyarrow.fs` filesystem + path), so
+`s3://`, `gs://` and local paths read alike. The driver only lists files and reads headers; the
+bytes are read in Ray tasks (prepare.py) by the functions at the end of this module, each given
+the filesystem and a small description of its piece. Every failure is a `DataError` naming the
+`data.*` field and the offending file or URI.
 """
 
 from __future__ import annotations
 
-import gzip
+import fnmatch
+import functools
 import hashlib
-from dataclasses import dataclass, field
-from pathlib import Path
+import io
+import zlib
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+import pyarrow.fs as pafs
 
 from creagen_ray.config import ConfigError, DataConfig
 from creagen_ray.data import builtin
+from creagen_ray.storage import StorageError, resolve
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".csv", ".tsv", ".json", ".jsonl", ".py", ""}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GLOB_CHARS = "*?["
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
 
 
 class DataError(ConfigError):
     """A data source that cannot be prepared (missing, empty, malformed, inconsistent)."""
 
 
-@dataclass
-class TextData:
-    """A text corpus as raw bytes (decoded by the tokenizer step, which knows if it needs UTF-8)."""
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source: its path inside the filesystem, a display name, its size in bytes."""
 
-    raw: bytes
+    path: str
     name: str
-    modality: str = "text"
+    size: int
 
 
-@dataclass
-class ImageData:
-    """Images as uint8 [N, C, H, W] with optional int64 labels and extra per-item columns."""
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    name: str
-    num_classes: int | None = None
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-    modality: str = "image"
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (pyarrow and PIL messages can run long)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ----------------------------------------------------------------------------------------------
-# which kind of source, and its checksum
+# locating a source
 
 
-def source_paths(cfg: DataConfig) -> list[Path]:
-    """The source as a list of paths (a builtin has none)."""
-    sources = cfg.source if isinstance(cfg.source, list) else [cfg.source]
-    return [Path(s).expanduser() for s in sources if not s.startswith("builtin:")]
+def sources_of(cfg: DataConfig) -> list[str]:
+    """`data.source` as a list of locations."""
+    return list(cfg.source) if isinstance(cfg.source, list) else [cfg.source]
 
 
-def guess_kind(cfg: DataConfig) -> str:
-    """`cfg.kind`, or for "auto" a guess from the source's name: builtin|text|parquet|idx|png|npy."""
+def open_location(location: str, field_name: str = "data.source") -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a location; an unknown scheme or unreachable store is a DataError."""
+    try:
+        return resolve(location)
+    except StorageError as e:
+        raise DataError(f"{field_name}: {e}") from None
+
+
+def list_files(location: str, field_name: str = "data.source") -> tuple[pafs.FileSystem, list[SourceFile]]:
+    """A file, a folder (recursive; hidden files skipped) or a glob -> its files, sorted by name."""
+    pattern = None
+    if any(c in location for c in GLOB_CHARS):
+        cut = min(location.find(c) for c in GLOB_CHARS if c in location)
+        base = location[: location.rfind("/", 0, cut) + 1] or "."
+        fs, base_path = open_location(base, field_name)
+        pattern = base_path.rstrip("/") + "/" + location[len(base) :].lstrip("/")
+        path = base_path
+    else:
+        fs, path = open_location(location, field_name)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"{field_name}: {location!r} does not exist")
+        if info.type == pafs.FileType.File and pattern is None:
+            return fs, [SourceFile(path, path.rsplit("/", 1)[-1], info.size)]
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        raise DataError(f"{field_name}: cannot read {location!r} ({first_line(e)})") from None
+    root = path.rstrip("/") + "/"
+    files = []
+    for i in infos:
+        rel = i.path[len(root) :] if i.path.startswith(root) else i.base_name
+        if i.type != pafs.FileType.File or any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if pattern is not None and not fnmatch.fnmatchcase(i.path, pattern):
+            continue
+        files.append(SourceFile(i.path, rel, i.size))
+    if not files:
+        what = f"matches no files" if pattern else "is an empty folder or prefix (no files under it)"
+        raise DataError(f"{field_name}: {location!r} {what}")
+    return fs, sorted(files, key=lambda f: f.name)
+
+
+def guess_kind(cfg: DataConfig, files: list[SourceFile] | None) -> str:
+    """`cfg.kind`, or for "auto" a guess from the source: builtin|text|parquet|idx|png|npy."""
     if cfg.kind != "auto":
         return cfg.kind
-    if isinstance(cfg.source, list):
-        return "text"
-    src = cfg.source
-    if src.startswith("builtin:"):
+    first = sources_of(cfg)[0]
+    if first.startswith("builtin:"):
         return "builtin"
-    path = Path(src).expanduser()
-    if not path.exists():
-        raise DataError(f"data.source: {src!r} does not exist")
-    if path.is_dir():
-        if any(path.rglob("*.parquet")):
+    if isinstance(cfg.source, list) or not files:
+        return "text"
+    names = [f.name.lower() for f in files]
+    if len(files) > 1 or any(c in first for c in GLOB_CHARS) or files[0].name != first.rstrip("/").rsplit("/", 1)[-1]:
+        # a folder, prefix or glob: named by what it holds
+        if any(n.endswith(".parquet") for n in names):
             return "parquet"
-        if any(p.suffix.lower() == ".png" for p in path.rglob("*")):
+        if any(n.endswith(IMAGE_SUFFIXES) for n in names):
             return "png"
-        raise DataError(f"data.source: folder {src!r} holds no .parquet or .png files")
-    name = path.name.lower()
+        return "text"
+    name = names[0]
     if name.endswith(".npy"):
         return "npy"
     if name.endswith(".parquet"):
@@ -92,40 +138,34 @@ def guess_kind(cfg: DataConfig) -> str:
     return "text"
 
 
-def _files_of(kind: str, path: Path, field_name: str = "data.source") -> list[Path]:
-    """The files whose bytes make up a source (sorted, so the checksum is stable)."""
-    if not path.exists():
-        raise DataError(f"{field_name}: {str(path)!r} does not exist")
-    if path.is_file():
-        return [path]
-    suffix = {"parquet": ".parquet", "png": ".png"}.get(kind)
-    if suffix is None:
-        raise DataError(f"{field_name}: {str(path)!r} is a folder, but kind {kind!r} needs a file")
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == suffix)
-
-
-def source_checksum(cfg: DataConfig, kind: str) -> str:
-    """sha256 of the source: of the file's bytes for one file (= `sha256sum FILE`), else of every
-    file's relative name and bytes in sorted order (folders, lists, a labels file)."""
-    if kind == "builtin":
-        name = builtin_name(cfg)
-        return hashlib.sha256(f"builtin:{name}:{builtin.builtin_checksum(name)}".encode()).hexdigest()
-    roots = [(p, "data.source") for p in source_paths(cfg)]
-    if cfg.labels:
-        roots.append((Path(cfg.labels).expanduser(), "data.labels"))
-    files = [
-        (f, f.relative_to(root) if f != root else f.name)
-        for root, field_name in roots
-        for f in _files_of(kind, root, field_name)
-    ]
-    h = hashlib.sha256()
-    for f, name in files:
-        if len(files) > 1:
-            h.update(str(name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+def locate(cfg: DataConfig) -> tuple[str, pafs.FileSystem | None, list[SourceFile]]:
+    """(kind, filesystem, files) of `data.source`; a builtin has no filesystem and no files."""
+    sources = sources_of(cfg)
+    if sources[0].startswith("builtin:"):
+        builtin_name(cfg)
+        return "builtin", None, []
+    fs, files = None, []
+    for location in sources:
+        fs_i, files_i = list_files(location)
+        if fs is not None and type(fs_i) is not type(fs):
+            raise DataError(f"data.source: {location!r} is on another filesystem than {sources[0]!r}")
+        fs = fs_i
+        if len(sources) > 1:  # a list: display names relative to nothing, so they stay distinct
+            files_i = [SourceFile(f.path, f.path.rsplit("/", 1)[-1] if len(files_i) == 1 else f.path, f.size) for f in files_i]
+        files.extend(files_i)
+    kind = guess_kind(cfg, files)
+    if isinstance(cfg.source, list) and kind not in ("text", "parquet"):
+        raise DataError(f"data.source: a list of sources is only supported for text or Parquet, not {kind}")
+    suffix = {"parquet": (".parquet",), "png": IMAGE_SUFFIXES}.get(kind)
+    if suffix and len(files) > 1:
+        files = [f for f in files if f.name.lower().endswith(suffix)]
+        if not files:
+            raise DataError(f"data.source: {', '.join(sources)} holds no {'/'.join(suffix)} files")
+    if kind in ("idx", "npy") and len(files) != 1:
+        raise DataError(f"data.source: kind {kind} needs one file, {sources[0]!r} holds {len(files)}")
+    if cfg.labels and kind not in ("idx", "npy"):
+        raise DataError(f"data.labels: only idx and npy sources take a labels file (source kind is {kind})")
+    return kind, fs, files
 
 
 def builtin_name(cfg: DataConfig) -> str:
@@ -138,276 +178,206 @@ def builtin_name(cfg: DataConfig) -> str:
     return name
 
 
-# ----------------------------------------------------------------------------------------------
-# readers
-
-
-def read_source(cfg: DataConfig, kind: str) -> TextData | ImageData:
-    """Read `cfg.source` as `kind` into memory (images are converted by `finish_images`)."""
+def source_checksum(cfg: DataConfig, kind: str, fs: pafs.FileSystem | None, files: list[SourceFile]) -> str:
+    """sha256 of the source: of the file's bytes for one file (= `sha256sum FILE`), else of every
+    file's display name and bytes in order (folders, lists, a labels file). Streamed: the driver
+    holds one 1 MiB block at a time."""
     if kind == "builtin":
         name = builtin_name(cfg)
-        if name == "python-docs":
-            return TextData(builtin.python_docs_text().encode("utf-8"), "builtin:python-docs")
-        images, factors = builtin.make_shapes(
-            cfg.builtin_size, size=cfg.image_size or 32, channels=cfg.channels or 1, seed=cfg.seed
-        )
-        labels = factors.pop("label")
-        return ImageData(images, labels, "builtin:shapes", len(builtin.SHAPE_CLASSES), extra=factors)
-    if kind == "text":
-        return read_text_files(source_paths(cfg))
-    if cfg.labels and kind in ("parquet", "png"):
-        raise DataError(f"data.labels: only idx and npy sources take a labels file (source kind is {kind})")
-    readers = {"parquet": read_parquet_source, "idx": read_idx_source, "png": read_png_folder, "npy": read_npy_source}
-    if kind not in readers:
-        raise DataError(f"data.kind: unknown kind {kind!r}")
-    if isinstance(cfg.source, list):
-        raise DataError(f"data.source: a list of sources is only supported for text files, not {kind}")
-    return readers[kind](cfg)
-
-
-def read_text_files(paths: list[Path]) -> TextData:
-    """Concatenate text files (a newline goes between files that do not end with one)."""
-    if not paths:
-        raise DataError("data.source: no text files given")
-    parts = []
-    for p in paths:
-        if not p.is_file():
-            raise DataError(f"data.source: text file {str(p)!r} does not exist")
-        raw = p.read_bytes()
-        if parts and not parts[-1].endswith(b"\n"):
-            parts.append(b"\n")
-        parts.append(raw)
-    raw = b"".join(parts)
-    if not raw.strip():
-        raise DataError(f"data.source: the text corpus {', '.join(map(str, paths))} is empty")
-    return TextData(raw, ", ".join(p.name for p in paths))
-
-
-def decode_utf8(raw: bytes, name: str) -> str:
-    """Strict UTF-8 decoding with an error that says where the bad byte is and what to do."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad = raw[e.start : e.start + 1].hex()
-        raise DataError(
-            f"data.source: {name} is not valid UTF-8 (byte 0x{bad} at offset {e.start}); "
-            "convert it to UTF-8, or set data.tokenizer=byte to train on raw bytes"
-        ) from None
-
-
-def _open_maybe_gz(path: Path) -> bytes:
-    """The bytes of a file, gunzipped when it is a gzip file."""
-    if not path.is_file():
-        raise DataError(f"{str(path)!r} does not exist")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
+        return hashlib.sha256(f"builtin:{name}:{builtin.builtin_checksum(name)}".encode()).hexdigest()
+    todo = [(fs, f) for f in files]
+    if cfg.labels:
+        lfs, lfiles = list_files(cfg.labels, "data.labels")
+        todo += [(lfs, f) for f in lfiles]
+    h = hashlib.sha256()
+    for fs_i, f in todo:
+        if len(todo) > 1:
+            h.update(f.name.encode() + b"\0")
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{str(path)!r}: broken gzip file ({e})") from None
-    return raw
+            with fs_i.open_input_stream(f.path) as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as e:
+            raise DataError(f"data.source: cannot read {f.path!r} ({first_line(e)})") from None
+    return h.hexdigest()
 
 
-def read_idx(path: Path, magic: int, field_name: str) -> np.ndarray:
-    """An idx file (MNIST format) as a uint8 array; checks the magic number and the length."""
-    raw = _open_maybe_gz(path)
-    if len(raw) < 8:
-        raise DataError(f"{field_name}: {str(path)!r} is too short to be an idx file ({len(raw)} bytes)")
-    got = int.from_bytes(raw[:4], "big")
+# ----------------------------------------------------------------------------------------------
+# headers, read on the driver (a few bytes per file)
+
+
+@functools.lru_cache(maxsize=1)
+def python_docs_bytes() -> bytes:
+    """builtin:python-docs as UTF-8 bytes (deterministic for a Python version)."""
+    return builtin.python_docs_text().encode("utf-8")
+
+
+def read_range(fs: pafs.FileSystem | None, path: str, start: int, length: int) -> bytes:
+    """`length` bytes of a file from `start` (fewer at its end); builtin:python-docs is a file too."""
+    if path == "builtin:python-docs":
+        return python_docs_bytes()[start : start + length]
+    with fs.open_input_file(path) as f:
+        return f.read_at(length, start)
+
+
+def is_gzip(fs: pafs.FileSystem, path: str) -> bool:
+    """True when a file starts with the gzip magic bytes."""
+    return read_range(fs, path, 0, 2) == b"\x1f\x8b"
+
+
+def read_stream_range(fs: pafs.FileSystem, path: str, start: int, length: int) -> bytes:
+    """Bytes [start, start + length) of a possibly gzipped file (a gz stream is decompressed up to there)."""
+    if not is_gzip(fs, path):
+        return read_range(fs, path, start, length)
+    with fs.open_input_stream(path, compression="gzip") as f:
+        skip = start
+        while skip:
+            got = len(f.read(min(skip, 1 << 22)))
+            if not got:
+                break
+            skip -= got
+        return f.read(length)
+
+
+def idx_header(fs: pafs.FileSystem, f: SourceFile, magic: int, field_name: str) -> tuple[int, list[int]]:
+    """(header bytes, dims) of an idx file; checks the magic number (and the size of a raw file)."""
+    try:
+        head = read_stream_range(fs, f.path, 0, 4 + 4 * 4)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{field_name}: {f.path!r}: broken gzip or unreadable file ({first_line(e)})") from None
+    if len(head) < 8:
+        raise DataError(f"{field_name}: {f.path!r} is too short to be an idx file ({len(head)} bytes)")
+    got = int.from_bytes(head[:4], "big")
     if got != magic:
         what = {IDX_IMAGES_MAGIC: "images", IDX_LABELS_MAGIC: "labels"}
         hint = f" (that is an idx {what[got]} file)" if got in what else ""
-        raise DataError(
-            f"{field_name}: {str(path)!r} has idx magic number {got}{hint}; "
-            f"expected {magic} for idx {what[magic]}"
-        )
-    ndim = raw[3]
+        raise DataError(f"{field_name}: {f.path!r} has idx magic number {got}{hint}; expected {magic} for idx {what[magic]}")
+    ndim = head[3]
     header = 4 + 4 * ndim
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    if len(raw) != header + int(np.prod(dims)):
-        raise DataError(f"{field_name}: {str(path)!r} holds {len(raw) - header} bytes of data, dims {dims} need {int(np.prod(dims))}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if not is_gzip(fs, f.path) and f.size != header + int(np.prod(dims)):
+        raise DataError(f"{field_name}: {f.path!r} holds {f.size - header} bytes of data, dims {dims} need {int(np.prod(dims))}")
+    return header, dims
 
 
-def read_labels(path: Path, n: int) -> np.ndarray:
-    """Labels (idx or .npy) for n items, as int64 [n]."""
-    if path.name.lower().endswith(".npy"):
-        if not path.is_file():
-            raise DataError(f"data.labels: {str(path)!r} does not exist")
-        labels = np.load(path, allow_pickle=False)
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"data.labels: {str(path)!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}")
-    else:
-        labels = read_idx(path, IDX_LABELS_MAGIC, "data.labels")
-    if len(labels) != n:
-        raise DataError(f"data.labels: {str(path)!r} has {len(labels)} labels for {n} images")
-    if labels.min() < 0:
-        raise DataError(f"data.labels: {str(path)!r} has negative labels")
-    return labels.astype(np.int64)
-
-
-def _with_labels(images: np.ndarray, cfg: DataConfig, name: str) -> ImageData:
-    """ImageData with the labels named by `cfg.labels`, if any."""
-    labels = read_labels(Path(cfg.labels).expanduser(), len(images)) if cfg.labels else None
-    num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else None
-    return ImageData(images, labels, name, num_classes)
-
-
-def read_idx_source(cfg: DataConfig) -> ImageData:
-    """MNIST-style idx images [N, H, W] (+ labels) -> ImageData [N, 1, H, W]."""
-    path = Path(cfg.source).expanduser()
-    images = read_idx(path, IDX_IMAGES_MAGIC, "data.source")
-    return _with_labels(images[:, None], cfg, path.name)
-
-
-def read_npy_source(cfg: DataConfig) -> ImageData:
-    """A uint8 .npy array [N,H,W], [N,C,H,W] or [N,H,W,C] (C in 1, 3) -> ImageData."""
-    path = Path(cfg.source).expanduser()
-    if not path.is_file():
-        raise DataError(f"data.source: {str(path)!r} does not exist")
-    arr = np.load(path, allow_pickle=False, mmap_mode="r")
-    if arr.dtype != np.uint8:
-        raise DataError(f"data.source: {str(path)!r} has dtype {arr.dtype}; images must be uint8")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim == 4 and arr.shape[1] in (1, 3):
-        pass
-    elif arr.ndim == 4 and arr.shape[3] in (1, 3):
-        arr = arr.transpose(0, 3, 1, 2)
-    else:
-        raise DataError(f"data.source: {str(path)!r} has shape {arr.shape}; expected [N,H,W], [N,C,H,W] or [N,H,W,C]")
-    return _with_labels(np.ascontiguousarray(arr), cfg, path.name)
-
-
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
-
-
-def read_png_folder(cfg: DataConfig) -> ImageData:
-    """PNG files (recursive, sorted) -> ImageData; class sub-folders give labels.
-
-    Images must all be the same size unless `data.image_size` is set (then each is resized).
-    Channels: `data.channels`, else 1 when every image is grayscale, else 3.
-    """
-    from PIL import Image
-
-    root = Path(cfg.source).expanduser()
-    files = _files_of("png", root)
-    if not files:
-        raise DataError(f"data.source: folder {str(root)!r} holds no .png files")
-    if cfg.max_items:
-        files = files[: cfg.max_items]
-    sizes, modes = [], []
-    for f in files:  # Image.open reads only the header
-        with Image.open(f) as im:
-            sizes.append(im.size)
-            modes.append(im.mode)
-    if cfg.image_size is None and len(set(sizes)) > 1:
-        other = next(i for i, s in enumerate(sizes) if s != sizes[0])
+def npy_header(fs: pafs.FileSystem, f: SourceFile, field_name: str) -> tuple[int, tuple[int, ...], np.dtype]:
+    """(data offset, shape, dtype) of a .npy file, read from its header; object arrays are refused
+    (they would need pickle, which is never used on data files)."""
+    try:
+        head = read_range(fs, f.path, 0, 1 << 16)
+        fh = io.BytesIO(head)
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{field_name}: {f.path!r} is not a readable .npy file ({first_line(e)})") from None
+    if dtype.hasobject:
         raise DataError(
-            f"data.source: PNG images in {str(root)!r} have different sizes, e.g. {files[0].name} is "
-            f"{sizes[0][0]}x{sizes[0][1]} and {files[other].name} is {sizes[other][0]}x{sizes[other][1]}; "
-            "set data.image_size to resize them all"
+            f"{field_name}: {f.path!r} holds Python objects (dtype {dtype}); loading it would need pickle, "
+            "which is refused (allow_pickle=False): save a numeric array"
         )
-    channels = cfg.channels or (1 if all(m in GRAY_MODES for m in modes) else 3)
-    w, h = (cfg.image_size, cfg.image_size) if cfg.image_size else sizes[0]
-    images = np.empty((len(files), channels, h, w), dtype=np.uint8)
-    for i, f in enumerate(tqdm(files, desc="decode PNG", unit="img", disable=None)):
-        with Image.open(f) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im)
-        images[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-    labels, num_classes = None, None
-    if all(f.parent != root for f in files):
-        classes = sorted({f.relative_to(root).parts[0] for f in files})
-        labels = np.array([classes.index(f.relative_to(root).parts[0]) for f in files], dtype=np.int64)
-        num_classes = len(classes)
-    return ImageData(images, labels, root.name, num_classes)
+    if fortran and len(shape) > 1:
+        raise DataError(f"{field_name}: {f.path!r} is Fortran-ordered; save it with np.save(np.ascontiguousarray(a))")
+    offset = fh.tell()
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    if f.size < need:
+        raise DataError(f"{field_name}: {f.path!r} is truncated: {f.size} bytes, its header needs {need}")
+    return offset, tuple(shape), dtype
 
 
-def read_parquet_source(cfg: DataConfig) -> TextData | ImageData:
-    """Parquet file(s): text from a string column "text", images from an "image" tensor column.
-
-    Files are read in sorted order with pyarrow, so the item order (and the split) is stable.
-    """
-    import pyarrow as pa
+def parquet_schema(fs: pafs.FileSystem, f: SourceFile) -> tuple[Any, list[int]]:
+    """(arrow schema, rows per row group) of a Parquet file, from its footer."""
     import pyarrow.parquet as pq
     import ray.data  # noqa: F401  (registers Ray's tensor extension types with pyarrow)
 
-    root = Path(cfg.source).expanduser()
-    files = _files_of("parquet", root)
-    if not files:
-        raise DataError(f"data.source: {str(root)!r} holds no .parquet files")
-    want = "text" if cfg.modality == "text" else "image"
-    tables = []
-    for f in files:
-        names = pq.read_schema(f).names
-        if want not in names:
-            raise DataError(f"data.source: {f.name} has columns {names}; data.modality={cfg.modality!r} needs a {want!r} column")
-        tables.append(pq.read_table(f, columns=[want] + (["label"] if want == "image" and "label" in names else [])))
-    table = pa.concat_tables(tables)
-    if want == "text":
-        text = "\n".join(s for s in table.column("text").to_pylist() if s)
-        if not text.strip():
-            raise DataError(f"data.source: the text column of {str(root)!r} is empty")
-        return TextData(text.encode("utf-8"), root.name)
-    col = table.column("image")
     try:
-        images = np.concatenate([chunk.to_numpy() for chunk in col.chunks])
-    except (TypeError, ValueError, pa.ArrowInvalid, NotImplementedError) as e:
-        raise DataError(f"data.source: column 'image' of {str(root)!r} ({col.type}) is not a tensor column: {e}") from None
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(f"data.source: column 'image' must be uint8 [H,W] or [C,H,W], got {images.dtype} {images.shape[1:]}")
-    if images.ndim == 3:
-        images = images[:, None]
-    labels = table.column("label").to_numpy().astype(np.int64) if "label" in table.column_names else None
-    num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else None
-    return ImageData(images, labels, root.name, num_classes)
+        with fs.open_input_file(f.path) as fh:
+            meta = pq.ParquetFile(fh).metadata
+            return meta.schema.to_arrow_schema(), [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    except Exception as e:  # noqa: BLE001  (pyarrow raises ArrowInvalid, OSError, ...: all mean "not Parquet")
+        raise DataError(f"data.source: {f.path!r} is not a readable Parquet file ({first_line(e)})") from None
 
 
 # ----------------------------------------------------------------------------------------------
-# image conversion shared by every image source
+# pieces, read inside Ray tasks
 
 
-def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """[N, C, H, W] -> [N, channels, H, W]: gray repeats, RGB -> gray uses ITU-R 601 luma."""
-    c = images.shape[1]
-    if c == channels:
-        return images
-    if channels == 3:
-        return np.repeat(images, 3, axis=1)
-    luma = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), images.astype(np.float32), axes=([0], [1]))
-    return np.rint(luma)[:, None].astype(np.uint8)
+def _utf8_boundary(raw: bytes, i: int) -> int:
+    """The first index >= i that starts a UTF-8 character (skips at most 3 continuation bytes)."""
+    for _ in range(3):
+        if i < len(raw) and 0x80 <= raw[i] < 0xC0:
+            i += 1
+    return i
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize [N, C, H, W] uint8 to [N, C, size, size] with Pillow (anti-aliased bilinear)."""
+def read_text_piece(fs: pafs.FileSystem | None, unit: dict) -> tuple[bytes, bytes, int]:
+    """(own bytes, following bytes, file offset of own) of a byte range of a text file.
+
+    Char pieces start and end on UTF-8 character boundaries (the same rule on both sides of a cut,
+    so neighbours tile the file); `following` holds up to unit["overlap"] characters past the end,
+    for windows that start in this piece and end in the next.
+    """
+    size, a0, b0, overlap = unit["size"], unit["start"], unit["end"], unit["overlap"]
+    if unit["tokenizer"] == "byte":
+        raw = read_range(fs, unit["path"], a0, min(size, b0 + overlap) - a0)
+        return raw[: b0 - a0], raw[b0 - a0 :], a0
+    hi = min(size, b0 + 3 + 4 * overlap + 3)
+    raw = read_range(fs, unit["path"], a0, hi - a0)
+    a = _utf8_boundary(raw, 0) if a0 > 0 else 0
+    b = _utf8_boundary(raw, b0 - a0) if b0 < size else len(raw)
+    tail = raw[b:]
+    if hi < size:  # drop a character cut by the read
+        k = len(tail)
+        while k > 0 and 0x80 <= tail[k - 1] < 0xC0:
+            k -= 1
+        tail = tail[: max(k - 1, 0)] if k > 0 and tail[k - 1] >= 0xC0 else tail[:k]
+    return raw[a:b], tail, a0 + a
+
+
+def read_parquet_text(fs: pafs.FileSystem, path: str, column: str) -> bytes:
+    """The non-empty strings of a Parquet string column, joined by newlines, as UTF-8."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=[column], filesystem=fs)
+    return "\n".join(s for s in table.column(column).to_pylist() if s).encode("utf-8")
+
+
+def read_idx_items(fs: pafs.FileSystem, path: str, header: int, item_shape: list[int], start: int, stop: int) -> np.ndarray:
+    """Items [start, stop) of an idx file as uint8 [n, *item_shape]."""
+    item = int(np.prod(item_shape)) if item_shape else 1
+    raw = read_stream_range(fs, path, header + start * item, (stop - start) * item)
+    if len(raw) != (stop - start) * item:
+        raise DataError(f"{path!r} is truncated: items {start}..{stop} need {(stop - start) * item} bytes, got {len(raw)}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape([stop - start, *item_shape])
+
+
+def read_npy_items(fs: pafs.FileSystem, path: str, offset: int, shape: list[int], dtype: str, start: int, stop: int) -> np.ndarray:
+    """Items [start, stop) of a C-ordered .npy file (header already checked on the driver)."""
+    dt = np.dtype(dtype)
+    item = int(np.prod(shape[1:])) * dt.itemsize if len(shape) > 1 else dt.itemsize
+    raw = read_range(fs, path, offset + start * item, (stop - start) * item)
+    return np.frombuffer(raw, dtype=dt).reshape([stop - start, *shape[1:]])
+
+
+def probe_image(fs: pafs.FileSystem, path: str) -> dict:
+    """Header facts of one image file, or the reason it cannot be read: {"w", "h", "mode"} | {"error"}.
+
+    For PNG, `verify()` walks the whole file (chunk CRCs, truncation) without decoding the pixels.
+    """
     from PIL import Image
 
-    n, c = images.shape[:2]
-    out = np.empty((n, c, size, size), dtype=np.uint8)
-    for i in tqdm(range(n), desc="resize", unit="img", disable=None):
-        for ch in range(c):
-            im = Image.fromarray(images[i, ch]).resize((size, size), Image.Resampling.BILINEAR)
-            out[i, ch] = np.asarray(im)
-    return out
-
-
-def finish_images(data: ImageData, cfg: DataConfig) -> ImageData:
-    """Apply max_items, data.channels and data.image_size; check the result is square and non-empty."""
-    if cfg.max_items:
-        data.images = data.images[: cfg.max_items]
-        data.labels = None if data.labels is None else data.labels[: cfg.max_items]
-        data.extra = {k: v[: cfg.max_items] for k, v in data.extra.items()}
-    if len(data.images) == 0:
-        raise DataError(f"data.source: {data.name} holds no images")
-    if cfg.channels:
-        data.images = _to_channels(data.images, cfg.channels)
-    h, w = data.images.shape[2:]
-    if cfg.image_size and (h, w) != (cfg.image_size, cfg.image_size):
-        data.images = _resize(data.images, cfg.image_size)
-    elif h != w:
-        raise DataError(f"data.source: images are {h}x{w} (not square); set data.image_size to resize them")
-    data.images = np.ascontiguousarray(data.images)
-    return data
+    try:
+        with fs.open_input_file(path) as fh:
+            raw = fh.read()
+        with Image.open(io.BytesIO(raw)) as im:
+            w, h, mode, fmt = im.size[0], im.size[1], im.mode, im.format
+            im.verify()  # PNG: every chunk's CRC and the end of the file (a truncated file fails here)
+        if fmt != "PNG":  # verify() checks little else: decode for real
+            with Image.open(io.BytesIO(raw)) as im:
+                im.load()
+        return {"w": w, "h": h, "mode": mode}
+    except Exception as e:  # noqa: BLE001  (PIL raises many types for broken files)
+        reason = first_line(e).replace(str(io.BytesIO), "")
+        if "cannot identify image file" in reason:
+            reason = "not an image file (cannot identify its format)"
+        return {"error": f"{type(e).__name__}: {reason}"}

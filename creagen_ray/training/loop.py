@@ -295,7 +295,7 @@ def _val_batches(
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     have = 0
     for f in prepared.files("val"):
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=max(1, min(want, 4096)), columns=list(columns)):
+        for rb in pq.ParquetFile(str(f), filesystem=prepared.filesystem).iter_batches(batch_size=max(1, min(want, 4096)), columns=list(columns)):
             for c in columns:
                 parts[c].append(rb.column(c).to_numpy(zero_copy_only=False))
             have += rb.num_rows

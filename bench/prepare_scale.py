@@ -1,0 +1,193 @@
+"""Benchmark: `creagen prepare` as a Ray Data pipeline vs the previous single-process path.
+
+    .venv/bin/python bench/prepare_scale.py                 # 100 MB and 1 GB corpora
+    .venv/bin/python bench/prepare_scale.py --sizes 100     # only 100 MB
+
+For each size it writes a deterministic text corpus of many files (4 MiB each) into a temporary
+folder, then prepares it (char tokenizer, seq_len 128) in a fresh process each time:
+  - pipeline: `prepare_data` on a local Ray runtime of 2 CPUs (Ray start-up not counted);
+  - single-process: the path this pipeline replaced, reimplemented minimally below (read every
+    file into the driver, decode, fit the vocabulary, window with numpy, write Parquet with
+    pyarrow). It holds the whole corpus several times over in memory, so it runs only up to
+    --legacy-max-mb (default 100).
+Printed: seconds, MB/s, the driver's peak RSS (ru_maxrss of the process that calls prepare;
+Ray's worker processes are not the driver), the ratios, and `uptime` beside every number.
+Run it alone: on a shared 2-core machine other work distorts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FILE_BYTES = 4 << 20
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he I this are or his from at which but have an "
+    "they you were her she there been one all we their has would when if so no will more can out up into do "
+    "time who said about than its them then only could new some these two may first any like now my such our "
+    "over man me even most made after also did many before must through years where much your way well down "
+    "should because each just those people how too little state good very make world still see own men work "
+    "long here get both between life being under never day same another know while last might us great old "
+    "year off come since against go came right used take three café naïve — “quoted” ✓"
+).split()
+
+
+def uptime() -> str:
+    """The load average, as `uptime` prints it."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "load average: %.2f, %.2f, %.2f" % os.getloadavg()
+
+
+def make_corpus(folder: Path, mb: int, seed: int = 0) -> int:
+    """Deterministic pseudo-English text files of 4 MiB (the last one shorter) totalling `mb` MB."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    words = np.array(WORDS, dtype=object)
+    total, i = mb * 1_000_000, 0
+    written = 0
+    while written < total:
+        want = min(FILE_BYTES, total - written)
+        parts, size = [], 0
+        while size < want:
+            line = " ".join(words[rng.integers(0, len(words), 12)]) + ".\n"
+            parts.append(line)
+            size += len(line.encode("utf-8"))
+        raw = "".join(parts).encode("utf-8")[:want]
+        raw = raw[: len(raw.decode("utf-8", "ignore").encode("utf-8"))]  # end on a whole character
+        (folder / f"part-{i:05d}.txt").write_bytes(raw)
+        written += len(raw)
+        i += 1
+    return written
+
+
+def run_pipeline(corpus: str, out: str) -> dict:
+    """In this (fresh) process: Ray Data pipeline on 2 CPUs."""
+    import ray
+
+    from creagen_ray.config import DataConfig
+    from creagen_ray.data import prepare_data
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
+    t0 = time.perf_counter()
+    prepared = prepare_data(DataConfig(source=corpus, seq_len=128, output_dir=out), storage_path=out)
+    seconds = time.perf_counter() - t0
+    rows = prepared.num_rows("train") + prepared.num_rows("val")
+    ray.shutdown()
+    return {"seconds": seconds, "rows": rows}
+
+
+def run_single_process(corpus: str, out: str) -> dict:
+    """In this (fresh) process: the previous single-process path (whole corpus in memory)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.data  # noqa: F401  (the tensor extension type)
+    from ray.data.extensions import ArrowTensorArray
+
+    t0 = time.perf_counter()
+    files = sorted(Path(corpus).iterdir())
+    parts = []
+    for p in files:  # as data/sources.py read_text_files did
+        raw = p.read_bytes()
+        if parts and not parts[-1].endswith(b"\n"):
+            parts.append(b"\n")
+        parts.append(raw)
+    text = b"".join(parts).decode("utf-8")
+    del parts
+    chars = sorted(set(text))
+    lookup = np.full(max(map(ord, chars)) + 1, -1, dtype=np.int32)
+    lookup[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.int32)
+    ids = lookup[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+    del text
+    length, n_train = 129, int(len(ids) * 0.9)
+    rows = 0
+    for split, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
+        windows = np.lib.stride_tricks.sliding_window_view(part, length)[::128].copy()
+        os.makedirs(f"{out}/{split}", exist_ok=True)
+        for j, s in enumerate(range(0, len(windows), 20000)):
+            pq.write_table(pa.table({"tokens": ArrowTensorArray.from_numpy(windows[s : s + 20000])}), f"{out}/{split}/{j:05d}.parquet")
+        rows += len(windows)
+    return {"seconds": time.perf_counter() - t0, "rows": rows}
+
+
+def child(mode: str, corpus: str, out: str) -> None:
+    """Entry point of the measuring subprocess: prints one JSON line."""
+    result = (run_pipeline if mode == "pipeline" else run_single_process)(corpus, out)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def measure(mode: str, corpus: Path, out: Path) -> dict:
+    """Run one preparation in a fresh Python process and return its numbers."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(corpus), str(out)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise SystemExit(f"{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="100,1000", help="corpus sizes in MB, comma-separated")
+    ap.add_argument("--legacy-max-mb", type=int, default=100, help="largest corpus for the single-process path")
+    ap.add_argument("--workdir", default=None, help="where corpora go (default: a temporary folder)")
+    ap.add_argument("--child", nargs=3, metavar=("MODE", "CORPUS", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="prepare_scale-"))
+    results = {}
+    try:
+        for mb in [int(s) for s in args.sizes.split(",")]:
+            corpus = work / f"corpus-{mb}mb"
+            t0 = time.perf_counter()
+            size = make_corpus(corpus, mb)
+            print(f"corpus {mb} MB: {size:,} bytes in {len(list(corpus.iterdir()))} files, made in {time.perf_counter() - t0:.1f} s", flush=True)
+            modes = ["pipeline"] + (["single-process"] if mb <= args.legacy_max_mb else [])
+            for mode in modes:
+                before = uptime()
+                r = measure(mode, corpus, work / "out")
+                r.update(mb_per_s=size / 1e6 / r["seconds"], uptime_before=before, uptime_after=uptime())
+                results[(mb, mode)] = r
+                print(
+                    f"  {mode:15} {r['seconds']:8.1f} s  {r['mb_per_s']:6.2f} MB/s  driver peak RSS {r['peak_rss_mb']:7.0f} MB  "
+                    f"{r['rows']:,} rows   [{r['uptime_after']}]",
+                    flush=True,
+                )
+            shutil.rmtree(corpus, ignore_errors=True)
+            if (mb, "single-process") in results:
+                p, s = results[(mb, "pipeline")], results[(mb, "single-process")]
+                print(f"  ratio pipeline / single-process: throughput {p['mb_per_s'] / s['mb_per_s']:.2f}x, "
+                      f"driver peak RSS {p['peak_rss_mb'] / s['peak_rss_mb']:.2f}x", flush=True)
+        sizes = sorted({mb for mb, _ in results})
+        if len(sizes) > 1:
+            a, b = results[(sizes[0], "pipeline")], results[(sizes[-1], "pipeline")]
+            print(f"pipeline driver peak RSS {sizes[-1]} MB / {sizes[0]} MB: {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x "
+                  f"({a['peak_rss_mb']:.0f} -> {b['peak_rss_mb']:.0f} MB)")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
