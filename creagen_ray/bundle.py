@@ -9,13 +9,18 @@ A bundle is a directory that describes and verifies itself:
     metrics.json          final training / evaluation metrics
     data_manifest.json    the prepared dataset's manifest (optional; used for novelty checks)
     manifest.json         format, family, and the sha256 of every file above
+    manifest.sig          optional: HMAC-SHA256 of manifest.json under an operator's key (`creagen sign`)
 
-`load_bundle` refuses a bundle whose files do not match their sha256 (tampered or half-written).
+`load_bundle` refuses a bundle whose files do not match their sha256 (tampered or half-written),
+whose files resolve outside the bundle directory (symlinks), or whose weights do not fit the
+modules its config builds or hold a non-finite value. A sha256 only proves the files were not
+corrupted; `verify_signature` proves the manifest was signed by whoever holds the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -26,6 +31,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from creagen_ray.config import DataSpec, ExperimentConfig, dump_config, validate_config
@@ -34,6 +40,8 @@ from creagen_ray.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "creagen-bundle/1"
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+SIGNATURE_SCHEME = "hmac-sha256"
 
 
 class BundleError(ValueError):
@@ -110,13 +118,56 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     for name in ("weights.safetensors", "config.yaml", "spec.json"):
         if name not in manifest["files"]:
             raise BundleError(f"{root}: manifest does not list {name}")
+    real_root = root.resolve()
+    for name in [MANIFEST, *manifest["files"]]:  # every file, not only the directory
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            raise BundleError(f"{root}: manifest lists {name!r}, which is not a plain file name")
+        if not (root / name).resolve().is_relative_to(real_root):
+            raise BundleError(f"{root}: {name} is a symlink leaving the bundle directory; refused")
     for name, digest in manifest["files"].items():
         f = root / name
-        if Path(name).name != name or not f.is_file():
+        if not f.is_file():
             raise BundleError(f"{root}: file {name!r} listed in the manifest is missing")
         if sha256_file(f) != digest:
             raise BundleError(f"{root}: {name} does not match its sha256 in the manifest (tampered or corrupt)")
     return manifest
+
+
+def manifest_signature(manifest_bytes: bytes, key: bytes) -> str:
+    """`hmac-sha256:<hex>` of the manifest's bytes under `key` (what manifest.sig holds)."""
+    return f"{SIGNATURE_SCHEME}:{hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()}"
+
+
+def sign_bundle(path: str | Path, key: bytes) -> Path:
+    """Verify a bundle, then write manifest.sig: an HMAC-SHA256 of manifest.json under the operator's key."""
+    if not key:
+        raise BundleError("signing needs a non-empty key")
+    root = Path(path)
+    verify_bundle(root)
+    sig = root / SIGNATURE
+    tmp = sig.with_name(f".{SIGNATURE}.tmp")
+    tmp.write_text(manifest_signature((root / MANIFEST).read_bytes(), key) + "\n", encoding="utf-8")
+    os.replace(tmp, sig)
+    return sig
+
+
+def verify_signature(path: str | Path, key: bytes) -> None:
+    """Raise BundleError unless manifest.sig is this key's HMAC of manifest.json (constant-time compare)."""
+    root = Path(path)
+    sig = root / SIGNATURE
+    if not sig.is_file() or not sig.resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"{root}: not signed ({SIGNATURE} is missing) and serve.require_signature is on")
+    given = sig.read_text(encoding="utf-8", errors="replace").strip()
+    want = manifest_signature((root / MANIFEST).read_bytes(), key)
+    if not hmac.compare_digest(given.encode(), want.encode()):
+        raise BundleError(f"{root}: {SIGNATURE} does not match the manifest under the configured key (not signed by this operator)")
+
+
+def check_weights(flat: dict[str, torch.Tensor]) -> None:
+    """Raise BundleError when a weight tensor holds NaN or +-inf."""
+    for name, t in flat.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise BundleError(f"weight {name!r} holds non-finite values (NaN or inf)")
 
 
 @dataclass
@@ -179,6 +230,11 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", weights: b
     if cfg.model.family != manifest.get("family"):
         raise BundleError(f"{root}: manifest family {manifest.get('family')!r} != config {cfg.model.family!r}")
     if weights:
-        family.load_weights(load_file(str(root / "weights.safetensors"), device=str(device)))
+        try:
+            flat = load_file(str(root / "weights.safetensors"), device=str(device))
+            check_weights(flat)
+            family.load_weights(flat)
+        except (SafetensorError, ValueError, OSError) as e:  # BundleError is a ValueError
+            raise BundleError(f"{root}: unusable weights: {e}") from None
     family.train(False)
     return Bundle(root, cfg, spec, family, tokenizer, metrics, manifest)

@@ -5,7 +5,8 @@
     creagen train CONFIG [--set k=v ...]      Ray Train: DDP training, checkpoints, bundle
     creagen tune CONFIG [--resume]            Ray Tune: search losses / optimizers (ASHA, PBT)
     creagen generate BUNDLE | --url URL       text to stdout, images to a PNG grid
-    creagen serve BUNDLE_OR_DIR ...           Ray Serve on 127.0.0.1
+    creagen serve BUNDLE_OR_DIR ...           Ray Serve on 127.0.0.1 (API key: $CREAGEN_API_KEY or --api-key-file)
+    creagen sign BUNDLE ...                   HMAC-sign bundles' manifests ($CREAGEN_SIGNING_KEY or --key-file)
     creagen config show CONFIG | schema       the resolved config / its JSON schema
     creagen inspect FILE.png                  the provenance record a generated PNG carries
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
@@ -80,10 +82,34 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+API_KEY_ENV = "CREAGEN_API_KEY"
+
+
+def _secret_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--api-key-file, plus the refused --api-key (a key on the command line is visible in `ps`)."""
+    p.add_argument("--api-key-file", default=None, help=f"file holding the API key {what} (default: ${API_KEY_ENV})")
+    p.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The API key from --api-key-file or $CREAGEN_API_KEY; --api-key is refused (it shows in `ps`)."""
+    from creagen_ray.serving.settings import read_secret
+
+    if args.api_key is not None:
+        raise ConfigError(f"--api-key is removed: a key on the command line shows in `ps`; set ${API_KEY_ENV} or use --api-key-file")
+    if args.api_key_file:
+        try:
+            return read_secret(args.api_key_file)
+        except ValueError as e:
+            raise ConfigError(f"--api-key-file: {e}") from None
+    return os.environ.get(API_KEY_ENV) or None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate from a bundle (or a running server with --url): text to stdout, images to PNG."""
     from creagen_ray.generate import generate_cli
 
+    args.api_key = _api_key(args)
     return generate_cli(args)
 
 
@@ -98,7 +124,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve bundles with Ray Serve on 127.0.0.1 and block until Ctrl-C."""
     from creagen_ray.serving.local import serve_forever
 
-    return serve_forever(args.bundles, host=args.host, port=args.port, api_key=args.api_key)
+    return serve_forever(
+        args.bundles,
+        host=args.host,
+        port=args.port,
+        api_key=_api_key(args),
+        signing_key_file=args.signing_key_file,
+        max_concurrent_per_client=args.max_concurrent_per_client,
+    )
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign each bundle's manifest with the operator's HMAC key (writes manifest.sig)."""
+    from creagen_ray.bundle import sign_bundle
+    from creagen_ray.serving.settings import SIGNING_KEY_ENV, read_secret
+
+    try:
+        key = read_secret(args.key_file) if args.key_file else os.environ.get(SIGNING_KEY_ENV, "").strip()
+    except ValueError as e:
+        raise ConfigError(f"--key-file: {e}") from None
+    if not key:
+        raise ConfigError(f"creagen sign needs a key: --key-file FILE or ${SIGNING_KEY_ENV}")
+    for bundle in args.bundles:
+        print(f"signed {sign_bundle(bundle, key.encode())}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -143,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", nargs="?", help="bundle directory or storage URI, e.g. s3://bucket/runs/RUN/bundle (omit with --url)")
     p.add_argument("--url", help="base URL of a running `creagen serve`")
     p.add_argument("--model", help="model id on the server")
-    p.add_argument("--api-key", default=None)
+    _secret_args(p, "sent as X-API-Key")
     p.add_argument("--prompt", default="")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -170,8 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require this key in the X-API-Key header")
+    _secret_args(p, "required in the X-API-Key header")
+    p.add_argument("--signing-key-file", default=None, help="serve only bundles signed with this key (creagen sign)")
+    p.add_argument("--max-concurrent-per-client", type=int, default=None, help="requests in flight per client; more get 429")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("sign", help="sign bundles' manifests with an HMAC key (for serve's require_signature)")
+    p.add_argument("bundles", nargs="+", help="bundle directories")
+    p.add_argument("--key-file", default=None, help="file holding the signing key (default: $CREAGEN_SIGNING_KEY)")
+    p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("demo", help="main job: train one small generator per family on embedded data")
     p.add_argument("--out", default="runs/demo", help="where samples, metrics and bundles go")

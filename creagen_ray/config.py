@@ -280,27 +280,63 @@ MAX_IMAGES = 64
 MAX_BATCH_PROMPTS = 32
 
 
-class TextRequest(Strict):
+MIN_TEMPERATURE = 1e-3  # below this (but above 0, which is greedy) logits / T overflow float32
+MIN_TOP_P = 1e-6  # below float32's resolution of the cumulative mass every token would be dropped
+
+
+class RequestModel(Strict):
+    """Base of the generation requests: strict types (no "seed": false as 0, no "5" as 5), finite floats."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+def _utf8(value: str, what: str) -> str:
+    """The text when it encodes as UTF-8 (no lone surrogates), else a ValueError naming it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not valid Unicode text (lone surrogate at index {e.start})") from None
+    return value
+
+
+class TextRequest(RequestModel):
     """Sample text from an RNN or a sentence VAE."""
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     max_new_tokens: int = Field(200, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 = greedy")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description=f"0 = greedy, else at least {MIN_TEMPERATURE}")
     top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_p: float | None = Field(None, ge=MIN_TOP_P, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[str] = Field(default_factory=list, max_length=8)
     n: int = Field(1, ge=1, le=MAX_BATCH_PROMPTS, description="samples for this prompt")
 
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_greedy_or_sane(cls, v: float) -> float:
+        if 0.0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {v!r}")
+        return v
 
-class ImageRequest(Strict):
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_utf8(cls, v: str) -> str:
+        return _utf8(v, "prompt")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_utf8(cls, v: list[str]) -> list[str]:
+        return [_utf8(s, "stop string") for s in v]
+
+
+class ImageRequest(RequestModel):
     """Sample n images from the prior."""
 
     n: int = Field(16, ge=1, le=MAX_IMAGES)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
 
-class InterpolateRequest(Strict):
+class InterpolateRequest(RequestModel):
     """A latent walk between the latents drawn from two seeds."""
 
     seed_a: int = Field(0, ge=0, le=2**63 - 1)

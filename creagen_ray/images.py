@@ -53,9 +53,20 @@ def save_png_grid(
     return path
 
 
-def decode_png(data: bytes, channels: int, size: int) -> torch.Tensor:
-    """PNG bytes -> float image [1, C, size, size] in [0, 1] (converted and resized as needed)."""
-    img = Image.open(io.BytesIO(data))
+def decode_png(data: bytes, channels: int, size: int, max_side: int | None = None) -> torch.Tensor:
+    """PNG bytes -> float image [1, C, size, size] in [0, 1] (converted and resized as needed).
+
+    Only PNG is opened. The width and height are read from the header before any pixel is decoded:
+    a side over `max_side` (or an image Pillow calls a decompression bomb) is a ValueError, so an
+    upload can never make the decoder allocate more than max_side**2 pixels.
+    """
+    try:
+        img = Image.open(io.BytesIO(data), formats=["PNG"])  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image too large: {e}") from None
+    w, h = img.size
+    if max_side is not None and (w > max_side or h > max_side):
+        raise ValueError(f"image is {w}x{h} pixels; at most {max_side}x{max_side} is accepted")
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)

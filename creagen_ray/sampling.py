@@ -14,10 +14,15 @@ import torch
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Divide logits [N, V] by a temperature > 0 (< 1 sharpens, > 1 flattens the distribution)."""
-    if temperature <= 0:
+    """Divide logits [N, V] by a temperature > 0 (< 1 sharpens, > 1 flattens the distribution).
+
+    Each row is shifted by its max first, so the top logit stays 0 and a tiny temperature sends the
+    others towards -inf instead of overflowing to +inf (softmax would be NaN).
+    """
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0 here (0 means greedy: use argmax), got {temperature}")
-    return logits / temperature
+    t = max(float(temperature), torch.finfo(logits.dtype).tiny)  # 1e-300 would round to 0.0 in float32
+    return (logits - logits.amax(dim=-1, keepdim=True)) / t
 
 
 def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -39,7 +44,8 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [N, V]
     probs = torch.softmax(sorted_logits.float(), dim=-1)  # [N, V]
     mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-    drop_sorted = mass_before >= p  # the most likely token always stays (mass_before = 0 < p)
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # the most likely token always stays, even when p underflows float32
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
     return logits.masked_fill(drop, float("-inf"))
 

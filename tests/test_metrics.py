@@ -7,6 +7,7 @@ also checked on procedurally drawn shapes that need no files.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import random
 import string
@@ -216,8 +217,14 @@ def test_inception_fid_without_weights_is_a_clear_error(monkeypatch, tmp_path):
         inception_fid(x, x, weights_path=tmp_path / "missing.pt")
     bad = tmp_path / "not-torchscript.pt"
     bad.write_bytes(b"not a model")
-    with pytest.raises(InceptionUnavailable, match="TorchScript"):
+    digest = hashlib.sha256(b"not a model").hexdigest()
+    monkeypatch.delenv("CREAGEN_INCEPTION_SHA256", raising=False)
+    with pytest.raises(InceptionUnavailable, match=f"configure its sha256.*{digest}"):  # TorchScript runs code
         inception_fid(x, x, weights_path=bad)
+    with pytest.raises(InceptionUnavailable, match="refusing"):
+        inception_fid(x, x, weights_path=bad, sha256="0" * 64)
+    with pytest.raises(InceptionUnavailable, match="TorchScript"):
+        inception_fid(x, x, weights_path=bad, sha256=digest)
 
 
 def test_inception_fid_plumbing_with_a_stand_in_torchscript_detector(tmp_path):
@@ -237,8 +244,9 @@ def test_inception_fid_plumbing_with_a_stand_in_torchscript_detector(tmp_path):
         path = tmp_path / "inception-2015-12-05.pt"
         torch.jit.script(Detector()).save(str(path))
     a, b = draw_shapes(200, size=16, channels=1, seed=1), draw_shapes(200, size=16, channels=1, seed=2)
-    same = inception_fid(a, b, weights_path=path)
-    far = inception_fid(a, torch.rand(200, 1, 16, 16), weights_path=path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    same = inception_fid(a, b, weights_path=path, sha256=digest)
+    far = inception_fid(a, torch.rand(200, 1, 16, 16), weights_path=path, sha256=digest)
     assert 0.0 <= same < far
 
 

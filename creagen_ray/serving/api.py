@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
+import hashlib
 import hmac
 import json
 import secrets
+from collections import Counter
 from typing import Any, AsyncIterator, Literal, Protocol
 
 import torch
@@ -31,6 +32,7 @@ from creagen_ray.serving.settings import ServeConfig
 from creagen_ray.serving.store import MODEL_ID_PATTERN, BundleStore, ModelInfo, StoreError
 
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+UPLOAD_SIDE_FACTOR = 8  # an uploaded image may be at most this many times the model's image size per side
 
 
 class Backend(Protocol):
@@ -96,6 +98,29 @@ class ImagesResponse(BaseModel):
     provenance: dict[str, str] = Field(default_factory=dict, description="also in each PNG's text chunks")
 
 
+class ErrorResponse(BaseModel):
+    """Every error: a message, or (422) one entry per bad field with its location."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("the model's family cannot answer this endpoint"),
+    401: _error("missing or wrong X-API-Key header"),
+    404: _error("unknown model id"),
+    409: _error("the bundle failed verification and is not served"),
+    413: _error("request body over max_body_bytes"),
+    429: _error("this client already has max_concurrent_per_client requests in flight (see Retry-After)"),
+    503: _error("the service is overloaded or starting"),
+    504: _error("the request ran past its deadline"),
+}
+IMAGE_OK: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, **ERRORS}
+
+
 class ModelsResponse(BaseModel):
     """GET /v1/models: the served bundles, and ids of bundles refused because they did not verify."""
 
@@ -111,6 +136,29 @@ def request_of(body: BaseModel, kind: type[BaseModel]) -> Any:
 def field_error(field: str, msg: str, value: Any = None) -> RequestValidationError:
     """A 422 in FastAPI's own shape, naming one body field."""
     return RequestValidationError([{"type": "value_error", "loc": ("body", field), "msg": msg, "input": value}])
+
+
+def printable(text: str) -> str:
+    """Text that always encodes as UTF-8: lone surrogates become backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def safe_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors without their inputs (never echo a value: NaN, a lone surrogate, a 2 MiB string)."""
+    out = []
+    for e in errors:
+        loc = [x if isinstance(x, int) else printable(str(x)) for x in e.get("loc", ())]
+        out.append({"type": str(e.get("type", "value_error")), "loc": loc, "msg": printable(str(e.get("msg", "")))})
+    return out
+
+
+def decode_upload(image_b64: str, channels: int, size: int) -> torch.Tensor:
+    """A base64 PNG upload -> [1, C, size, size]; anything else (or larger than size x 8 per side) is a 422."""
+    try:
+        raw = base64.b64decode(image_b64, validate=True)
+        return decode_png(raw, channels, size, max_side=size * UPLOAD_SIDE_FACTOR)
+    except Exception as e:  # noqa: BLE001 - whatever a hostile upload makes Pillow raise is bad input
+        raise field_error("image", f"not an acceptable base64-encoded PNG: {printable(str(e))[:300]}") from None
 
 
 def require(info: ModelInfo, capability: str) -> None:
@@ -211,6 +259,50 @@ class GuardMiddleware:
         return await self.app(scope, replay, send)
 
 
+class ClientLimitMiddleware:
+    """At most `max_per_client` requests in flight per client (429 + Retry-After beyond that).
+
+    A client is its X-API-Key (hashed, never stored) when it sends one, else its address. Counts are
+    per ingress replica; a streamed response counts until its last byte.
+    """
+
+    def __init__(self, app: Any, max_per_client: int | None, retry_after_s: int = 1) -> None:
+        self.app = app
+        self.max_per_client = max_per_client
+        self.retry_after_s = retry_after_s
+        self.active: Counter[str] = Counter()
+
+    @staticmethod
+    def client_of(scope: dict) -> str:
+        """The key a request is counted under: its API key's digest, else its client address."""
+        key = dict(scope.get("headers") or []).get(b"x-api-key")
+        if key:
+            return "key:" + hashlib.sha256(key).hexdigest()[:16]
+        client = scope.get("client")
+        return f"addr:{client[0] if client else 'unknown'}"
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.max_per_client or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        who = self.client_of(scope)
+        if self.active[who] >= self.max_per_client:
+            body = json.dumps({"detail": f"too many concurrent requests from this client (limit {self.max_per_client})"}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(self.retry_after_s).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            return await send({"type": "http.response.body", "body": body})
+        self.active[who] += 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.active[who] -= 1
+            if self.active[who] <= 0:
+                del self.active[who]
+
+
 # ------------------------------------------------------------------------------------------------
 # the app
 
@@ -222,6 +314,10 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         version="1",
         description="Generate text and images from trained RNN, VAE and GAN bundles.",
     )
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": safe_errors(e.errors())}, status_code=422)
 
     @api.exception_handler(StoreError)
     async def _store_error(_: Request, e: StoreError) -> JSONResponse:
@@ -240,17 +336,17 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         """Liveness: answers while the ingress runs."""
         return {"status": "ok", "models": len(store.models)}
 
-    @api.get("/v1/models", response_model=ModelsResponse)
+    @api.get("/v1/models", response_model=ModelsResponse, responses={401: ERRORS[401], 429: ERRORS[429]})
     async def models() -> ModelsResponse:
         """The served bundles with family, modality, capabilities and training metrics."""
         return ModelsResponse(models=list(store.models.values()), rejected=sorted(store.rejected))
 
-    @api.get("/v1/stats")
+    @api.get("/v1/stats", responses={401: ERRORS[401], 429: ERRORS[429], 503: ERRORS[503]})
     async def stats() -> dict[str, Any]:
         """Batch sizes seen by the batch handlers (per family) and live batching settings."""
         return await backend.stats()
 
-    @api.post("/v1/text/generate", response_model=TextResponse)
+    @api.post("/v1/text/generate", response_model=TextResponse, responses=ERRORS)
     async def text_generate(body: TextBody) -> Any:
         """Sample text; with stream=true, server-sent events as the text is produced."""
         info = store.get(body.model)
@@ -271,7 +367,7 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
             _events(backend.stream(info.id, req)), media_type="text/event-stream", headers=provenance_headers(record)
         )
 
-    @api.post("/v1/images/generate", responses={200: {"content": {"image/png": {}}}})
+    @api.post("/v1/images/generate", responses=IMAGE_OK)
     async def images_generate(body: ImageBody) -> Response:
         """n images from the prior: a PNG grid, or base64 PNGs in JSON."""
         info = store.get(body.model)
@@ -280,7 +376,7 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         images = await backend.generate(info.id, req)
         return await asyncio.to_thread(image_response, info.id, images, body.format, None, record_of(info, req))
 
-    @api.post("/v1/images/interpolate", responses={200: {"content": {"image/png": {}}}})
+    @api.post("/v1/images/interpolate", responses=IMAGE_OK)
     async def images_interpolate(body: InterpolateBody) -> Response:
         """A latent walk (VAE, GAN) between two seeds' draws, as one row of a PNG or JSON."""
         info = store.get(body.model)
@@ -289,21 +385,18 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         images = await backend.generate(info.id, req)
         return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps, record_of(info, req))
 
-    @api.post("/v1/images/reconstruct", responses={200: {"content": {"image/png": {}}}})
+    @api.post("/v1/images/reconstruct", responses=IMAGE_OK)
     async def images_reconstruct(body: ReconstructBody) -> Response:
         """A VAE's reconstruction of a base64 PNG (resized to the model's image size)."""
         info = store.get(body.model)
         require(info, "reconstruct")
-        try:
-            raw = base64.b64decode(body.image, validate=True)
-            x = decode_png(raw, int(info.spec["channels"]), int(info.spec["image_size"]))
-        except (binascii.Error, ValueError, OSError) as e:  # Pillow raises OSError subclasses
-            raise field_error("image", f"not a base64-encoded PNG image: {e}") from None
+        x = await asyncio.to_thread(decode_upload, body.image, int(info.spec["channels"]), int(info.spec["image_size"]))
         images = await backend.reconstruct(info.id, x)
         record = provenance(info.id, info.bundle_sha256, None, {"reconstruct": True})
         return await asyncio.to_thread(image_response, info.id, images, body.format, None, record)
 
-    api.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    api.add_middleware(ClientLimitMiddleware, max_per_client=config.max_concurrent_per_client)
+    api.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)  # outermost
     return api
 
 

@@ -69,7 +69,7 @@ class Generator:
     async def _run_batch(self, kind: str, requests: list[Any]) -> list[Any]:
         bundle = await self.load(serve.get_multiplexed_model_id())
         self.batch_sizes[kind][len(requests)] += 1
-        return await asyncio.to_thread(engine.generate_batch, bundle.family, requests)
+        return await asyncio.to_thread(engine.generate_isolated, bundle.family, requests)  # a result or exception each
 
     @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _text_batch(self, requests: list[TextRequest]) -> list[list[str]]:
@@ -82,8 +82,8 @@ class Generator:
     async def generate(self, request: Any) -> Any:
         """One request, answered inside a dynamic batch of same-model, same-kind requests."""
         if isinstance(request, TextRequest):
-            return await self._text_batch(request)
-        return await self._image_batch(request)
+            return engine.raise_if_failed(await self._text_batch(request))
+        return engine.raise_if_failed(await self._image_batch(request))
 
     async def stream(self, request: TextRequest) -> AsyncIterator[str]:
         """Text pieces of one sample as they are produced (a streaming handle call)."""
@@ -155,7 +155,7 @@ class Ingress:
 def build_app(config: ServeConfig | dict[str, Any]) -> serve.Application:
     """The Serve application for a ServeConfig: scan the store, one Generator per family present."""
     config = ServeConfig.model_validate(config)
-    store = BundleStore.scan(config.bundles)
+    store = BundleStore.scan(config.bundles, signing_key=config.signing_key())
     if not store.models:
         raise BundleError(f"no verified bundle under {config.bundles}; refused: {store.rejected}")
     generators = {

@@ -24,8 +24,36 @@ _END = object()
 
 
 def generate_batch(family: Family, requests: Sequence[Any]) -> list[Any]:
-    """Answer a batch of same-kind requests with one model pass when the family can batch them."""
+    """Answer a batch of same-kind requests with one model pass (raises on any failure)."""
     return list(family.generate_many(list(requests)))
+
+
+def generate_isolated(family: Family, requests: Sequence[Any]) -> list[Any]:
+    """Like `generate_batch`, but one bad request never fails the others: results or exceptions, in order.
+
+    The batch runs as one model pass; only if that pass raises is each request answered on its own
+    (same results: families draw every request from its own seeded generator), so a failing request
+    gets its own exception back and every other request its normal result.
+    """
+    try:
+        return generate_batch(family, requests)
+    except Exception as batch_error:  # noqa: BLE001 - sorted out per request below
+        if len(requests) == 1:
+            return [batch_error]
+    out: list[Any] = []
+    for r in requests:
+        try:
+            out.append(generate_batch(family, [r])[0])
+        except Exception as e:  # noqa: BLE001 - handed back to this request's caller only
+            out.append(e)
+    return out
+
+
+def raise_if_failed(result: Any) -> Any:
+    """A result of `generate_isolated`: raise it when it is that request's exception, else return it."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def reconstruct(family: Family, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +135,7 @@ class LocalBackend:
         """One TextRequest / ImageRequest / InterpolateRequest, answered in a worker thread."""
         family = (await self.bundle(model_id)).family
         self.calls += 1
-        return (await asyncio.to_thread(generate_batch, family, [request]))[0]
+        return raise_if_failed((await asyncio.to_thread(generate_isolated, family, [request]))[0])
 
     async def stream(self, model_id: str, request: TextRequest) -> AsyncIterator[str]:
         """Text pieces of one sample as they are produced."""

@@ -22,9 +22,23 @@ def start_serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) 
     return f"http://{host}:{port}"
 
 
-def serve_forever(bundles: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> int:
+def serve_forever(
+    bundles: list[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    signing_key_file: str | None = None,
+    max_concurrent_per_client: int | None = None,
+) -> int:
     """Serve `bundles` until Ctrl-C, then shut Serve down; the CLI's exit code."""
-    url = start_serve(ServeConfig(bundles=bundles, api_key=api_key), host, port)
+    config = ServeConfig(
+        bundles=bundles,
+        api_key=api_key,
+        require_signature=signing_key_file is not None,
+        signing_key_file=signing_key_file,
+        max_concurrent_per_client=max_concurrent_per_client,
+    )
+    url = start_serve(config, host, port)
     print(f"creagen serving at {url}  (models: {url}/v1/models, docs: {url}/docs); Ctrl-C stops", flush=True)
     try:
         while True:

@@ -21,7 +21,7 @@ class PlainServer:
     """uvicorn serving `build_api(LocalBackend)` on a background thread: `with PlainServer(cfg, port) as url:`."""
 
     def __init__(self, config: ServeConfig, port: int, host: str = "127.0.0.1") -> None:
-        store = BundleStore.scan(config.bundles)
+        store = BundleStore.scan(config.bundles, signing_key=config.signing_key())
         self.backend = LocalBackend(store)
         app = build_api(store, self.backend, config)
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -56,6 +58,20 @@ class FamilySettings(Strict):
         }
 
 
+SIGNING_KEY_ENV = "CREAGEN_SIGNING_KEY"
+
+
+def read_secret(path: str | Path) -> str:
+    """A secret from a file (first line, whitespace stripped); a ValueError when missing or empty."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"secret file not found: {p}")
+    value = p.read_text(encoding="utf-8").strip()
+    if not value:
+        raise ValueError(f"secret file {p} is empty")
+    return value
+
+
 class ServeConfig(Strict):
     """Everything the serving app needs: bundle sources, HTTP limits, per-family deployments."""
 
@@ -64,6 +80,13 @@ class ServeConfig(Strict):
     )
     api_key: str | None = Field(None, min_length=1, description="when set, requests need X-API-Key")
     max_body_bytes: int = Field(2 * 2**20, ge=1024, description="larger request bodies get 413")
+    max_concurrent_per_client: int | None = Field(
+        None, ge=1, description="requests in flight per API key (else client address); more get 429. None = off"
+    )
+    require_signature: bool = Field(
+        False, description=f"serve only bundles whose manifest.sig verifies under the key in signing_key_file or ${SIGNING_KEY_ENV}"
+    )
+    signing_key_file: str | None = Field(None, description="file holding the HMAC key bundles are signed with (`creagen sign`)")
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     ingress_num_cpus: float = Field(0.1, ge=0.0)
     families: dict[str, FamilySettings] = Field(
@@ -79,6 +102,17 @@ class ServeConfig(Strict):
         if unknown:
             raise ValueError(f"unknown model families {unknown}; known: {sorted(family_names())}")
         return v
+
+    def signing_key(self) -> bytes | None:
+        """The operator's bundle-signing key when `require_signature` is on (file first, then the env var)."""
+        if not self.require_signature:
+            return None
+        if self.signing_key_file:
+            return read_secret(self.signing_key_file).encode()
+        key = os.environ.get(SIGNING_KEY_ENV, "").strip()
+        if not key:
+            raise ValueError(f"require_signature is on but no key: set signing_key_file or ${SIGNING_KEY_ENV}")
+        return key.encode()
 
     def family(self, name: str) -> FamilySettings:
         """The settings of the deployment serving family `name` (defaults when not configured)."""

@@ -1,15 +1,18 @@
 """The bundle store: which verified bundles are served, under which model ids, from where.
 
 A source is a bundle directory (its id is the directory name) or a folder holding bundles. Every
-bundle is verified (sha256 of each file) when the store is scanned; one that fails is never
-served and is remembered with the reason. A model id is a plain name ([A-Za-z0-9_.-], no leading
-dot) and resolves only to a catalog entry whose real path lies inside its source folder, so no id
-can reach a path outside the store.
+bundle is verified when the store is scanned: sha256 of each file, no file resolving outside its
+directory, its weights loaded once (they must fit the modules its config builds and be finite),
+and, with `serve.require_signature`, its manifest signed under the operator's key. One that fails
+is never served and is listed, with the reason, in /v1/models' `rejected`. A model id is a plain
+name ([A-Za-z0-9_.-], no leading dot) and resolves only to a catalog entry whose real path lies
+inside its source folder, so no id can reach a path outside the store.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,7 +20,7 @@ from typing import Any, Iterable
 from pydantic import BaseModel, Field
 
 from creagen_ray import storage
-from creagen_ray.bundle import MANIFEST, BundleError, load_bundle
+from creagen_ray.bundle import MANIFEST, BundleError, load_bundle, verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +79,28 @@ def inside(root: Path, candidate: Path) -> bool:
     return candidate.resolve().is_relative_to(root.resolve())
 
 
-def read_info(model_id: str, path: Path) -> ModelInfo:
-    """Verify a bundle and describe it without loading its weights (capabilities via a meta-device build)."""
-    b = load_bundle(path, device="meta", weights=False)  # no memory for weights
+def finite_json(value: Any) -> Any:
+    """JSON-safe copy of metrics: NaN / inf (which JSON cannot carry) become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def read_info(model_id: str, path: Path, signing_key: bytes | None = None) -> ModelInfo:
+    """Verify a bundle (signature, sha256, weights loaded once: shapes and finite values) and describe it."""
+    if signing_key is not None:
+        verify_signature(path, signing_key)
+    b = load_bundle(path, device="cpu", weights=True)  # the weights are checked here, then dropped
     return ModelInfo(
         id=model_id,
         family=b.family.name,
         modality=b.spec.modality,
         capabilities=sorted(b.family.capabilities),
-        metrics=b.metrics,
+        metrics=finite_json(b.metrics),
         spec=b.spec.model_dump(exclude_none=True),
         path=str(b.path.resolve()),
         vocab=getattr(b.tokenizer, "chars", None),
@@ -114,7 +130,9 @@ def remote_bundles(source: str) -> list[tuple[str, str]]:
     return out
 
 
-def scan_remote(source: str, models: dict[str, ModelInfo], rejected: dict[str, str]) -> None:
+def scan_remote(
+    source: str, models: dict[str, ModelInfo], rejected: dict[str, str], signing_key: bytes | None = None
+) -> None:
     """Fetch and verify every bundle under a storage URI (into this node's cache) and describe it.
 
     The ModelInfo keeps the URI and the manifest's sha256: each replica fetches the same bundle
@@ -128,7 +146,7 @@ def scan_remote(source: str, models: dict[str, ModelInfo], rejected: dict[str, s
             if model_id in models or model_id in rejected:
                 raise BundleError(f"duplicate model id {model_id!r} ({uri}); keeping the first")
             local = storage.fetch_bundle(uri)
-            info = read_info(model_id, local)
+            info = read_info(model_id, local, signing_key)
             models[model_id] = info.model_copy(update={"path": uri, "digest": local.name})
         except (BundleError, StoreError) as e:
             log.warning("not serving bundle %s: %s", uri, e)
@@ -144,13 +162,13 @@ class BundleStore:
         self.rejected = rejected
 
     @classmethod
-    def scan(cls, sources: Iterable[str | Path]) -> "BundleStore":
-        """Verify every bundle under `sources`; a bad one is logged and remembered, never served."""
+    def scan(cls, sources: Iterable[str | Path], signing_key: bytes | None = None) -> "BundleStore":
+        """Verify every bundle under `sources` (signed under `signing_key` when given); a bad one is logged and remembered, never served."""
         models: dict[str, ModelInfo] = {}
         rejected: dict[str, str] = {}
         for source in sources:
             if storage.is_uri(str(source)):
-                scan_remote(str(source), models, rejected)
+                scan_remote(str(source), models, rejected, signing_key)
                 continue
             src = Path(source).expanduser()
             if not src.is_dir():
@@ -167,7 +185,7 @@ class BundleStore:
                         raise BundleError(f"{path} resolves outside the store {root}")
                     if model_id in models or model_id in rejected:
                         raise BundleError(f"duplicate model id {model_id!r} ({path}); keeping the first")
-                    models[model_id] = read_info(model_id, path)
+                    models[model_id] = read_info(model_id, path, signing_key)
                 except (BundleError, StoreError) as e:
                     log.warning("not serving bundle %s: %s", path, e)
                     if model_id not in models:
