@@ -151,15 +151,16 @@ def sign_bundle(path: str | Path, key: bytes) -> Path:
     return sig
 
 
-def verify_signature(path: str | Path, key: bytes) -> None:
-    """Raise BundleError unless manifest.sig is this key's HMAC of manifest.json (constant-time compare)."""
+def verify_signature(path: str | Path, key: bytes, signature: str | None = None) -> None:
+    """Raise BundleError unless manifest.sig (or `signature`, read from storage) is this key's HMAC of manifest.json."""
     root = Path(path)
-    sig = root / SIGNATURE
-    if not sig.is_file() or not sig.resolve().is_relative_to(root.resolve()):
-        raise BundleError(f"{root}: not signed ({SIGNATURE} is missing) and serve.require_signature is on")
-    given = sig.read_text(encoding="utf-8", errors="replace").strip()
+    if signature is None:
+        sig = root / SIGNATURE
+        if not sig.is_file() or not sig.resolve().is_relative_to(root.resolve()):
+            raise BundleError(f"{root}: not signed ({SIGNATURE} is missing) and serve.require_signature is on")
+        signature = sig.read_text(encoding="utf-8", errors="replace")
     want = manifest_signature((root / MANIFEST).read_bytes(), key)
-    if not hmac.compare_digest(given.encode(), want.encode()):
+    if not hmac.compare_digest(signature.strip().encode("utf-8", "replace"), want.encode()):
         raise BundleError(f"{root}: {SIGNATURE} does not match the manifest under the configured key (not signed by this operator)")
 
 

@@ -166,8 +166,12 @@ def test_signed_bundles_only_with_require_signature(bundles: Path, tmp_path: Pat
     key_file = tmp_path / "key"
     key_file.write_text("operator-secret\n")
     monkeypatch.delenv("CREAGEN_SIGNING_KEY", raising=False)
-    assert main(["sign", str(store / "signed"), str(store / "negated"), "--key-file", str(key_file)]) == 0
-    assert "signed" in capsys.readouterr().out
+    sign = subprocess.run(  # as the README shows it, from another directory, relative paths
+        [sys.executable, "-m", "creagen_ray.cli", "sign", "store/signed", "store/negated", "--key-file", "key"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert sign.returncode == 0, sign.stderr
+    assert sign.stdout.count("signed ") == 2 and (store / "signed" / "manifest.sig").is_file()
     sign_bundle(store / "other_key", b"someone else")
     rewrite(store / "negated", lambda flat: [v.neg_() for v in flat.values() if v.is_floating_point()])  # finite, fits
 

@@ -20,8 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
+from _fuzz import fuzz
 from _serve_bundles import IMAGE_SIZE, TEXT, image_bundle, shapes, text_bundle
+from creagen_ray.bundle import MANIFEST, sha256_file
+from creagen_ray.config import TextRequest
 from creagen_ray.images import png_bytes
 from creagen_ray.serving.client import CreagenClient, CreagenHTTPError
 
@@ -39,7 +43,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle store: rnn, vae, gan, a tampered copy, and a symlink escaping the store."""
+    """A bundle store: rnn, vae, gan, a tampered copy, a symlink escaping the store, and two hostile
+    bundles whose manifests verify: NaN weights, and a file that is a symlink leaving the store."""
     root = tmp_path_factory.mktemp("store")
     text_bundle(root / "rnn", steps=20)
     image_bundle(root / "vae", "vae", steps=10)
@@ -53,6 +58,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     outside = tmp_path_factory.mktemp("outside")
     shutil.copytree(root / "gan", outside / "gan2")
     (root / "escape").symlink_to(outside / "gan2", target_is_directory=True)
+    shutil.copytree(root / "rnn", root / "nan")
+    flat = load_file(str(root / "nan" / "weights.safetensors"))
+    next(v for v in flat.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    save_file(flat, str(root / "nan" / "weights.safetensors"))
+    shutil.copytree(root / "gan", root / "linkfile")
+    shutil.move(root / "linkfile" / "spec.json", outside / "spec.json")
+    (root / "linkfile" / "spec.json").symlink_to(outside / "spec.json")
+    for name in ("nan", "linkfile"):  # the attacker re-hashes the manifest: sha256 alone cannot catch these
+        m = json.loads((root / name / MANIFEST).read_text())
+        m["files"] = {f: sha256_file(root / name / f) for f in m["files"]}
+        (root / name / MANIFEST).write_text(json.dumps(m))
     return root
 
 
@@ -106,8 +122,8 @@ def test_models_health_and_rejected_bundles(http: httpx.Client, url: str) -> Non
     assert by_id["vae"]["capabilities"] == ["image", "interpolate", "reconstruct"]
     assert by_id["gan"]["metrics"]["steps"] == 10
     assert "path" not in by_id["gan"]
-    assert set(body["rejected"]) == {"tampered", "escape"}  # bad sha256; outside the store
-    for model in ("tampered", "escape"):
+    assert set(body["rejected"]) == {"tampered", "escape", "nan", "linkfile"}  # sha256; outside; NaN; file link
+    for model in ("tampered", "escape", "nan", "linkfile"):
         r = http.post("/v1/images/generate", json={"model": model, "n": 1})
         assert r.status_code == 409, r.text
     assert http.get("/docs").status_code == 200
@@ -229,6 +245,82 @@ def test_bad_requests_are_4xx(http: httpx.Client, path: str, body: dict, status:
         assert any(e["loc"][-1] == field for e in r.json()["detail"]), r.text
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG declaring width x height with one tiny IDAT: a decompression bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_hostile_values_are_4xx_on_serve(http: httpx.Client) -> None:
+    """Issue 14, defect 3, against real Serve: NaN/Infinity, tiny temperature/top_p, lone surrogates,
+    `"seed": false`, and decompression-bomb / oversize / non-PNG uploads get 422, never 500."""
+    raw = [
+        ("/v1/text/generate", b'{"model": "rnn", "temperature": NaN}'),
+        ("/v1/text/generate", b'{"model": "rnn", "top_p": -Infinity}'),
+        ("/v1/text/generate", b'{"model": "rnn", "temperature": 1e-300}'),
+        ("/v1/text/generate", b'{"model": "rnn", "top_p": 1e-50}'),
+        ("/v1/text/generate", rb'{"model": "rnn", "prompt": "the \ud800"}'),
+        ("/v1/text/generate", rb'{"model": "rnn", "stop": ["\udc00"]}'),
+        ("/v1/images/generate", b'{"model": "gan", "seed": false}'),
+        ("/v1/images/interpolate", b'{"model": "vae", "steps": true}'),
+    ]
+    for path, body in raw:
+        r = http.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (body, r.status_code, r.text)
+    big = io.BytesIO()
+    Image.new("L", (1000, 1000)).save(big, format="PNG")  # 1000 px > 16 px x 8
+    jpeg = io.BytesIO()
+    Image.new("L", (16, 16)).save(jpeg, format="JPEG")
+    for data in (_png_header(100_000, 100_000), big.getvalue(), jpeg.getvalue()):
+        r = http.post("/v1/images/reconstruct", json={"model": "vae", "image": base64.b64encode(data).decode()})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"][-1] == "image"
+    greedy = http.post("/v1/text/generate", json={"model": "rnn", "temperature": 0, "max_new_tokens": 8, "n": 2}).json()["texts"]
+    assert greedy[0] == greedy[1]  # temperature 0 is greedy
+    spec = http.get("/openapi.json").json()["paths"]["/v1/text/generate"]["post"]["responses"]
+    assert {"400", "401", "404", "409", "413", "422", "429", "503", "504"} <= set(spec)
+
+
+def test_poisoned_request_fails_alone_in_its_batch(url: str) -> None:
+    """Issue 14, defect 2: 15 good requests and one that fails inside the model, batched together on
+    the rnn replica: the poisoned one gets its error, every other request its normal answer."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("rnn", app_name="creagen").options(multiplexed_model_id="rnn")
+    good = [TextRequest(prompt="the ", max_new_tokens=20, seed=i) for i in range(15)]
+    poisoned = TextRequest.model_construct(**{**good[0].model_dump(), "top_k": 0})  # bypasses validation
+
+    async def burst() -> list:
+        calls = [handle.generate.remote(r) for r in good[:7] + [poisoned] + good[7:]]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    before = httpx.get(f"{url}/v1/stats", headers={"X-API-Key": API_KEY}).json()["families"]["rnn"]["batch_sizes"]["text"]
+    out = asyncio.run(burst())
+    after = httpx.get(f"{url}/v1/stats", headers={"X-API-Key": API_KEY}).json()["families"]["rnn"]["batch_sizes"]["text"]
+    assert isinstance(out[7], Exception) and "top_k" in str(out[7])
+    innocent = out[:7] + out[8:]
+    assert [type(r).__name__ for r in innocent if isinstance(r, Exception)] == []  # 0 innocent failures
+    assert all(len(r) == 1 and len(r[0]) == 20 for r in innocent)
+    new = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    assert max(new) > 1, new  # the requests really shared batches
+
+
+def test_schemathesis_fuzz_no_5xx(url: str) -> None:
+    """The outside harness: schemathesis over the live OpenAPI (model pinned to the served ids),
+    valid and invalid cases for every operation, >= 500 requests, 0 responses >= 500."""
+    report = fuzz(url, {"X-API-Key": API_KEY}, ["rnn", "vae", "gan"], examples=70)
+    print(f"fuzzed {report.total} requests ({report.invalid_sent} schema-invalid): {dict(sorted(report.statuses.items()))}")
+    assert report.total >= 500, report.statuses
+    assert report.server_errors == [], report.server_errors[:5]
+    assert report.statuses[200] > 50 and report.statuses[422] > 50  # both kinds of case reached the models
+
+
 def test_transport_level_errors_then_still_serving(http: httpx.Client, url: str) -> None:
     ok = {"model": "rnn", "max_new_tokens": 5}
     assert httpx.post(f"{url}/v1/text/generate", json=ok).status_code == 401  # no key
@@ -244,9 +336,10 @@ def test_transport_level_errors_then_still_serving(http: httpx.Client, url: str)
     assert http.post("/v1/text/generate", json=ok).status_code == 200
 
 
-def test_python_client_and_cli_url_mode(url: str, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_python_client_and_cli_url_mode(url: str, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
     from creagen_ray.cli import main
 
+    monkeypatch.setenv("CREAGEN_API_KEY", API_KEY)  # never on the command line
     with CreagenClient(url, api_key=API_KEY) as c:
         assert {m["id"] for m in c.models()} == {"rnn", "vae", "gan"}
         assert "".join(c.stream_text("rnn", "the ", max_new_tokens=20, seed=1)) == c.text("rnn", "the ", max_new_tokens=20, seed=1)[0]
@@ -255,10 +348,10 @@ def test_python_client_and_cli_url_mode(url: str, store: Path, tmp_path: Path, c
             c.images("nope")
         assert e.value.status == 404
     out = tmp_path / "grid.png"
-    args = ["generate", "--url", url, "--api-key", API_KEY, "--model", "gan", "--n", "9", "--seed", "1", "--out", str(out)]
+    args = ["generate", "--url", url, "--model", "gan", "--n", "9", "--seed", "1", "--out", str(out)]
     assert main(args) == 0
     assert png_size(out.read_bytes()) == (grid_side(3), grid_side(3))
-    args = ["generate", "--url", url, "--api-key", API_KEY, "--model", "rnn", "--prompt", "the ", "--n", "1", "--max-new-tokens", "25"]
+    args = ["generate", "--url", url, "--model", "rnn", "--prompt", "the ", "--n", "1", "--max-new-tokens", "25"]
     capsys.readouterr()
     assert main(args) == 0
     printed = capsys.readouterr().out

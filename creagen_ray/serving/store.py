@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from pydantic import BaseModel, Field
 
 from creagen_ray import storage
-from creagen_ray.bundle import MANIFEST, BundleError, load_bundle, verify_signature
+from creagen_ray.bundle import MANIFEST, SIGNATURE, BundleError, load_bundle, verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,10 @@ def finite_json(value: Any) -> Any:
     return value
 
 
-def read_info(model_id: str, path: Path, signing_key: bytes | None = None) -> ModelInfo:
+def read_info(model_id: str, path: Path, signing_key: bytes | None = None, signature: str | None = None) -> ModelInfo:
     """Verify a bundle (signature, sha256, weights loaded once: shapes and finite values) and describe it."""
     if signing_key is not None:
-        verify_signature(path, signing_key)
+        verify_signature(path, signing_key, signature)
     b = load_bundle(path, device="cpu", weights=True)  # the weights are checked here, then dropped
     return ModelInfo(
         id=model_id,
@@ -146,7 +146,13 @@ def scan_remote(
             if model_id in models or model_id in rejected:
                 raise BundleError(f"duplicate model id {model_id!r} ({uri}); keeping the first")
             local = storage.fetch_bundle(uri)
-            info = read_info(model_id, local, signing_key)
+            signature = None
+            if signing_key is not None:
+                try:
+                    signature = storage.read_bytes(storage.join(uri, SIGNATURE)).decode("utf-8", "replace")
+                except OSError:
+                    raise BundleError(f"{uri}: not signed ({SIGNATURE} is missing) and serve.require_signature is on") from None
+            info = read_info(model_id, local, signing_key, signature)
             models[model_id] = info.model_copy(update={"path": uri, "digest": local.name})
         except (BundleError, StoreError) as e:
             log.warning("not serving bundle %s: %s", uri, e)
