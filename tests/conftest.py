@@ -28,6 +28,7 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a new cluster even when someone's `ray start` cluster runs on this machine
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=512 * 2**20,
