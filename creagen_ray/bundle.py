@@ -164,6 +164,13 @@ def verify_signature(path: str | Path, key: bytes, signature: str | None = None)
         raise BundleError(f"{root}: {SIGNATURE} does not match the manifest under the configured key (not signed by this operator)")
 
 
+def pinned(bundle: "Bundle", digest: str | None) -> "Bundle":
+    """The bundle when its manifest sha256 is `digest` (what the store scan verified and signed-checked)."""
+    if digest is not None and not hmac.compare_digest(bundle.sha256, digest):
+        raise BundleError(f"{bundle.path}: {MANIFEST} changed since the store scan verified it; refused")
+    return bundle
+
+
 def check_weights(flat: dict[str, torch.Tensor]) -> None:
     """Raise BundleError when a weight tensor holds NaN or +-inf."""
     for name, t in flat.items():

@@ -158,6 +158,18 @@ def test_hostile_bundles_refused_at_scan_with_reasons(bundles: Path, tmp_path: P
     assert "plain file name" in scanned.rejected["badlist"]
 
 
+def test_bundle_changed_after_the_scan_is_not_loaded(bundles: Path, tmp_path: Path) -> None:
+    """The scan pins each manifest's sha256: a re-hashed rewrite after the scan is refused at load."""
+    from creagen_ray.bundle import BundleError as Refused
+    from creagen_ray.serving.engine import LocalBackend
+
+    shutil.copytree(bundles / "gan", tmp_path / "gan")
+    backend = LocalBackend(BundleStore.scan([tmp_path]))
+    rewrite(tmp_path / "gan", lambda flat: [v.neg_() for v in flat.values() if v.is_floating_point()])
+    with pytest.raises(Refused, match="changed since the store scan"):
+        asyncio.run(backend.bundle("gan"))
+
+
 def test_signed_bundles_only_with_require_signature(bundles: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     store = tmp_path / "store"
     store.mkdir()

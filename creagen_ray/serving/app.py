@@ -26,7 +26,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from creagen_ray import storage
-from creagen_ray.bundle import Bundle, BundleError, load_bundle
+from creagen_ray.bundle import Bundle, BundleError, load_bundle, pinned
 from creagen_ray.config import TextRequest
 from creagen_ray.serving import engine
 from creagen_ray.serving.api import build_api
@@ -44,7 +44,7 @@ class Generator:
     def __init__(self, family: str, bundles: dict[str, str], max_models: int, digests: dict[str, str] | None = None) -> None:
         self.family = family
         self.paths = bundles  # model id -> verified bundle dir or storage URI (from the store scan)
-        self.digests = digests or {}  # model id -> manifest sha256 pinned at the scan (URIs only)
+        self.digests = digests or {}  # model id -> manifest sha256 pinned at the scan
         self.batch = _DEFAULT_BATCH
         self.batch_sizes: dict[str, Counter[int]] = {"text": Counter(), "image": Counter()}
 
@@ -54,7 +54,7 @@ class Generator:
             path = self.paths[model_id]
             if storage.is_uri(path):  # into this node's cache, refused if changed since the scan
                 path = await asyncio.to_thread(storage.fetch_bundle, path, self.digests.get(model_id))
-            return await asyncio.to_thread(load_bundle, path)  # re-verifies sha256
+            return pinned(await asyncio.to_thread(load_bundle, path), self.digests.get(model_id))  # re-verifies sha256
 
         # wrapped here, not with a class decorator, so the LRU bound comes from the config
         self.load = serve.multiplexed(max_num_models_per_replica=max_models)(load)

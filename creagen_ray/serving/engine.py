@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Sequence
 
 import torch
 
-from creagen_ray.bundle import Bundle, load_bundle
+from creagen_ray.bundle import Bundle, load_bundle, pinned
 from creagen_ray.config import TextRequest
 from creagen_ray.families import Family
 from creagen_ray.serving.store import BundleStore
@@ -125,7 +125,8 @@ class LocalBackend:
         async with self._lock:
             if model_id not in self._bundles:
                 path = self.store.get(model_id).path
-                self._bundles[model_id] = await asyncio.to_thread(load_bundle, path)
+                digest = self.store.get(model_id).digest
+                self._bundles[model_id] = pinned(await asyncio.to_thread(load_bundle, path), digest)
                 while len(self._bundles) > self.max_models:
                     self._bundles.popitem(last=False)
             self._bundles.move_to_end(model_id)

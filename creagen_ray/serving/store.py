@@ -62,7 +62,7 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     spec: dict[str, Any] = Field(default_factory=dict)
     path: str = Field(..., exclude=True, description="bundle folder, or its storage URI")
-    digest: str | None = Field(None, exclude=True, description="sha256 of a remote bundle's manifest (pinned)")
+    digest: str | None = Field(None, exclude=True, description="sha256 of the manifest verified at the scan (pinned)")
     vocab: list[str] | None = Field(None, exclude=True, description="char vocab: prompts must stay inside it")
     bundle_sha256: str | None = Field(None, description="sha256 of the bundle's manifest.json (provenance)")
 
@@ -105,6 +105,7 @@ def read_info(model_id: str, path: Path, signing_key: bytes | None = None, signa
         path=str(b.path.resolve()),
         vocab=getattr(b.tokenizer, "chars", None),
         bundle_sha256=b.sha256,
+        digest=b.sha256,  # replicas refuse the bundle if its manifest changes after this scan
     )
 
 
@@ -208,7 +209,7 @@ class BundleStore:
         raise UnknownModel(f"unknown model {model_id!r}; served: {sorted(self.models)}")
 
     def digests(self) -> dict[str, str]:
-        """model id -> pinned manifest sha256, for the bundles that live behind a storage URI."""
+        """model id -> the manifest sha256 verified at the scan: replicas load nothing else under that id."""
         return {i: m.digest for i, m in self.models.items() if m.digest}
 
     def families(self) -> dict[str, dict[str, str]]:
