@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Callable
 
-from creagen_ray.config import ConfigError, apply_overrides, config_schema, dump_config, load_config, read_raw, validate_config
+from creagen_ray.config import ConfigError, config_schema, dump_config, load_config, read_config, validate_config
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -43,7 +43,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         raise ConfigError("creagen config show needs a CONFIG file")
     from creagen_ray.tuning.space import parse_space, split_space  # pure: spaces validate without Ray
 
-    raw = apply_overrides(read_raw(args.config), args.overrides)
+    raw = read_config(args.config, args.overrides)
     dims = split_space(raw)[1]
     cfg = parse_space(raw)[2] if dims else validate_config(raw)
     print(dump_config(cfg), end="")

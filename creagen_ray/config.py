@@ -189,7 +189,10 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)
     storage_path: str = Field("./runs", description="local dir or URI holding runs, checkpoints, bundles")
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-    max_failures: int = Field(0, ge=-1, description="worker-loss restarts; -1 = unlimited")
+    max_failures: int = Field(
+        3, ge=-1, description="default 3: restarts of the worker group after a worker or node is lost (each "
+        "resumes from the last checkpoint); 0 = fail on the first loss, -1 = unlimited",
+    )
     amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, off on CPU")
     seed: int = 0
 
@@ -417,10 +420,85 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(format_validation_error(err)) from None
 
 
+# ----------------------------------------------------------------------------------------------
+# paths: resolved once, in the driver, before anything reaches a Ray worker
+#
+# The rule (README "Paths in configs"):
+#   - input paths written in a config file (data.source, data.labels) are relative to that
+#     file's folder, so a config works from any working directory;
+#   - output paths (train.storage_path, data.output_dir), and every path given on the command line
+#     (--set) or in a dict passed to the library, are relative to the working directory;
+#   - URIs (s3://, gs://, file://, ...) and builtin: sources are left as they are; ~ is expanded.
+# Ray Train moves each worker's working directory, so a relative path must never reach a worker.
+
+INPUT_PATH_FIELDS: tuple[str, ...] = ("data.source", "data.labels")
+OUTPUT_PATH_FIELDS: tuple[str, ...] = ("train.storage_path", "data.output_dir")
+
+
+def resolve_path(value: str, base: str | Path) -> str:
+    """One path value made absolute against `base`; URIs and `builtin:` names pass through unchanged.
+
+    This is the single place that decides what a path in a config means: `--set`, YAML files,
+    Tune spaces and the library all go through it (via `resolve_paths`). Remote storage support
+    extends it here (a value with `scheme://` is a URI, never joined to a local folder).
+    """
+    if "://" in value or value.startswith("builtin:"):
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (Path(base) / p).resolve())
+
+
+def _resolve_value(value: Any, base: Path) -> Any:
+    """A path field's raw value: a string, a list of them, or a search distribution over them."""
+    if isinstance(value, str):
+        return resolve_path(value, base)
+    if isinstance(value, list):
+        return [_resolve_value(v, base) for v in value]
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("choice", "grid"):
+        (kind, options), = value.items()  # a Tune space over paths: {choice: [a, b]}
+        return {kind: _resolve_value(options, base) if isinstance(options, list) else options}
+    return value
+
+
+def resolve_paths(raw: dict[str, Any], config_dir: str | Path | None = None) -> dict[str, Any]:
+    """A raw config with every path field absolute (a new dict); see the rule above.
+
+    `config_dir`: the folder of the config file `raw` was read from (its input paths resolve
+    there); None for values that came from the command line or the library (working directory).
+    A missing `train.storage_path` is filled in with its default, resolved, so that every config
+    leaving the driver carries an absolute one. Idempotent: absolute values stay as they are.
+    """
+    cwd = Path.cwd()
+    out = copy.deepcopy(raw)
+    for dotted in INPUT_PATH_FIELDS + OUTPUT_PATH_FIELDS:
+        section, key = dotted.split(".")
+        node = out.get(section)
+        if not isinstance(node, dict) or node.get(key) is None:
+            continue
+        base = Path(config_dir) if config_dir is not None and dotted in INPUT_PATH_FIELDS else cwd
+        node[key] = _resolve_value(node[key], base)
+    train = out.setdefault("train", {})
+    if isinstance(train, dict) and train.get("storage_path") is None:
+        train["storage_path"] = resolve_path(TrainConfig.model_fields["storage_path"].default, cwd)
+    return out
+
+
+def read_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw config a command runs: file (its paths resolved) + `--set` overrides (resolved), not validated."""
+    raw = resolve_paths(read_raw(path), Path(path).resolve().parent) if path is not None else {}
+    return resolve_paths(apply_overrides(raw, overrides))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML/JSON file (or the defaults), apply `--set` overrides, and validate."""
-    raw = read_raw(path) if path is not None else {}
-    return validate_config(apply_overrides(raw, overrides))
+    """Load a YAML/JSON file (or the defaults), apply `--set` overrides, resolve paths, and validate."""
+    return validate_config(read_config(path, overrides))
+
+
+def with_resolved_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with any relative path made absolute against the working directory (library callers)."""
+    raw = cfg.model_dump(mode="json")
+    fixed = resolve_paths(raw)
+    return cfg if fixed == raw else validate_config(fixed)
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -248,7 +248,13 @@ def load_prepared(path: str | Path) -> PreparedData:
     fs, root = open_location(location, "data path")
     manifest = _read_manifest(fs, root)
     if manifest is None:
-        raise DataError(f"{location}: no readable manifest.json; not a prepared data folder (run `creagen prepare`)")
+        relative = not is_uri(location) and not Path(location).is_absolute()
+        where = f" (a relative path, read from the working directory {Path.cwd()})" if relative else ""
+        raise DataError(
+            f"{location}{where}: no readable manifest.json, so this is not a prepared data folder; "
+            "`creagen prepare CONFIG` (and `creagen train CONFIG`, which prepares first) writes one at "
+            "data.output_dir or <train.storage_path>/data/"
+        )
     if manifest.get("format") != FORMAT:
         raise DataError(f"{location}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
     missing = _missing_shards(fs, root, manifest)

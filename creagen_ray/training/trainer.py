@@ -33,7 +33,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from creagen_ray import storage
 from creagen_ray.bundle import write_bundle
 from creagen_ray.cluster import connect_ray
-from creagen_ray.config import ExperimentConfig
+from creagen_ray.config import ExperimentConfig, resolve_path, with_resolved_paths
 from creagen_ray.families import Family, build_family, family_class
 from creagen_ray.metrics.report import quality_section
 from creagen_ray.training.checkpoint import load_ray_checkpoint
@@ -74,7 +74,7 @@ def default_run_name(cfg: ExperimentConfig) -> str:
 
 def storage_uri(path: str) -> str:
     """Local storage paths made absolute (Ray Train wants that); URIs (s3://, gs://) unchanged."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return resolve_path(path, Path.cwd())
 
 
 def ray_storage(path: str) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def build_trainer(
         "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
         "total_steps": total_steps(cfg, rows),
         "val_rows": prepared.num_rows("val") if "val" in prepared.manifest["splits"] else 0,
-        "data_path": str(prepared.path),
+        "data_path": resolve_path(str(prepared.path), Path.cwd()),  # workers run in another directory
         "resume_from": resume_from_checkpoint,
         "faults": faults or {},
     }
@@ -250,6 +250,7 @@ def train(
     """Prepare data, train with Ray Train (DDP), and export a verified bundle; see the module doc."""
     from creagen_ray.data import prepare_data
 
+    cfg = with_resolved_paths(cfg)  # no-op for load_config's configs; library callers' relative paths: cwd
     storage.check_writable(storage_uri(cfg.train.storage_path))  # bad credentials/bucket: fail before any work
     connect_ray(address)
     if progress:  # our progress lines replace Ray Data's bars (the context travels to the workers)

@@ -14,7 +14,6 @@ and, with `train.use_gpu`, `train.gpus_per_worker`; `tune.max_concurrent_trials`
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from creagen_ray.bundle import write_bundle
 from creagen_ray.config import (
     ConfigError,
     ExperimentConfig,
-    apply_overrides,
     dump_config,
-    read_raw,
+    read_config,
+    resolve_paths,
     validate_config,
 )
 from creagen_ray.families import family_class
@@ -127,24 +126,6 @@ def _check_population(cfg: ExperimentConfig, dims: dict[str, Dimension]) -> None
         )
 
 
-def absolute_data_paths(base: dict[str, Any]) -> dict[str, Any]:
-    """data.source / labels / output_dir relative to the driver's directory, made absolute."""
-
-    def fix(v: Any) -> Any:
-        if isinstance(v, list):
-            return [fix(x) for x in v]
-        if not isinstance(v, str) or v.startswith("builtin:") or "://" in v:
-            return v
-        return str(Path(v).expanduser().resolve())
-
-    out = copy.deepcopy(base)
-    data = out.get("data") or {}
-    for key in ("source", "labels", "output_dir"):
-        if data.get(key) is not None:
-            data[key] = fix(data[key])
-    return out
-
-
 def run_search(
     raw: dict[str, Any],
     *,
@@ -160,6 +141,7 @@ def run_search(
     `callbacks` / `stop` go to Tune's RunConfig; `faults` (tests) injects training-loop faults into
     the trials whose sample matches `faults["match"]`, e.g. {"match": {"optimizer.lr": 1e-3}, "nan_at_step": 5}.
     """
+    raw = resolve_paths(raw)  # no-op for tune_from_file's (already resolved) raw; library dicts: cwd
     base, dims, cfg = parse_space(raw)
     _check_population(cfg, dims)
     metric, mode = search_metric(cfg, dims, base), cfg.tune.mode
@@ -169,7 +151,6 @@ def run_search(
     if resume and not tune.Tuner.can_restore(str(exp_dir)):
         raise ConfigError(f"--resume: no search to resume at {exp_dir}")
 
-    base = absolute_data_paths(base)  # trial actors run in their own working directories
     connect_ray(address)
     from creagen_ray.data import prepare_data
 
@@ -274,8 +255,7 @@ def tune_from_file(
     path: str | Path, overrides: list[str] | None = None, *, resume: bool = False, address: str | None = None
 ) -> TuneResult:
     """`creagen tune CONFIG [--set k=v] [--resume]`: read the YAML (with its search space) and search."""
-    raw = apply_overrides(read_raw(path), overrides)
-    return run_search(copy.deepcopy(raw), resume=resume, address=address)
+    return run_search(read_config(path, overrides), resume=resume, address=address)
 
 
 __all__ = ["run_search", "to_domain", "tune_from_file", "write_outputs"]
