@@ -78,7 +78,7 @@ def project(model: str, budget: float, out: Path) -> dict[str, Any]:
     run_name = f"qpt-{model}-{int(time.time())}"
     creagen = str(Path(sys.executable).with_name("creagen"))
     data = [f"data.source={MNIST_DIR / 't10k-images-idx3-ubyte.gz'}", f"data.labels={MNIST_DIR / 't10k-labels-idx1-ubyte.gz'}"]
-    wall = run([creagen, "train", config, *(x for kv in data for x in ("--set", kv)),
+    wall = run([creagen, "train", config, "--address", "local", *(x for kv in data for x in ("--set", kv)),
                 "--set", f"train.time_budget_s={budget}",
                 "--set", f"train.storage_path={out / 'runs'}", "--set", f"train.run_name={run_name}"],
                out / f"project-{model}.log")

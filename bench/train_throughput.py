@@ -45,7 +45,7 @@ from creagen_ray.families import build_family  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+MNIST = Path(os.environ.get("CREAGEN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 
 def rnn_cfg(storage: str, workers: int, steps: int) -> ExperimentConfig:
@@ -142,7 +142,7 @@ def throughput(name: str, make_cfg: Any, steps: int, storage: str) -> dict[str, 
 
 def gap_cfg(storage: str, materialize_mb: float, epochs: int) -> ExperimentConfig:
     """vae-mnist.yaml (or the demo VAE on shapes without ../shared) for a few epochs, rare evals."""
-    common = [f"train.storage_path={storage}", "train.steps=null", f"train.epochs={epochs}",
+    common = [f"train.storage_path={storage}", "train.steps=null", f"train.epochs={epochs}", "train.time_budget_s=null",
               "train.log_every=20", "train.eval_every=100000", "train.checkpoint_every=100000",
               f"train.materialize_mb={materialize_mb}"]
     if MNIST.is_file():
@@ -183,7 +183,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
     results: dict[str, Any] = {"load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as storage:
         if args.only in ("all", "gaps"):

@@ -167,3 +167,20 @@ def test_bundle_quality_section_names_extractor_split_and_text_metrics():
                                  "feature_extractor": "FeatureNet X", "val_items": 1024, "val_split_items": 2000,
                                  "val_final": 0.0}, ImagePrepared())
     assert img["fcd"] == 12.0 and img["feature_extractor"] == "FeatureNet X" and img["whole_split"] is False
+
+
+def test_free_bits_floor_each_latents_kl_in_the_loss():
+    from creagen_ray.config import DataSpec, validate_config
+    from creagen_ray.families import build_family
+
+    spec = DataSpec(modality="text", vocab_size=12, seq_len=16)
+    batch = {"tokens": torch.randint(0, 12, (8, 17), generator=torch.Generator().manual_seed(0))}
+    out = {}
+    for fb in (0.0, 0.5):
+        torch.manual_seed(0)
+        cfg = validate_config({"data": {"modality": "text"}, "model": {
+            "family": "vae", "arch": "sentence", "latent_dim": 8, "hidden_size": 16, "embed_dim": 8, "free_bits": fb}})
+        out[fb] = build_family(cfg, spec).train_step(batch)
+    # at initialisation every latent's KL is far below 0.5 nats: the floor counts 8 x 0.5 = 4 nats
+    assert out[0.0]["loss"] == pytest.approx(out[0.0]["recon"] + out[0.0]["kl"], rel=1e-5)
+    assert out[0.5]["kl"] < 1.0 and out[0.5]["loss"] == pytest.approx(out[0.5]["recon"] + 4.0, rel=1e-4)
