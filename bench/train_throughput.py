@@ -163,8 +163,9 @@ def epoch_gaps(storage: str, epochs: int = 4) -> dict[str, Any]:
             train(gap_cfg(storage, budget, epochs), progress=False, callbacks=[MetricsLogCallback(str(log))])
             wall = time.perf_counter() - t0
             rows = [json.loads(line)["ranks"] for line in log.read_text().splitlines()]
-        gaps = sorted({(i, r["epoch"], r["epoch_gap_s"]) for ranks in rows for i, r in enumerate(ranks) if "epoch_gap_s" in r})
-        values = [g for _, _, g in gaps]
+        # each report repeats the latest gap until the next epoch starts: one value per (rank, gap)
+        gaps = sorted({(i, r["epoch_gap_s"]) for ranks in rows for i, r in enumerate(ranks) if "epoch_gap_s" in r})
+        values = [g for _, g in gaps]
         mode = rows[-1][0].get("data_mode")
         out[label] = {"data_mode": mode, "gaps_s": values, "max_s": max(values, default=float("nan")),
                       "median_s": statistics.median(values) if values else float("nan"), "wall_s": wall}
