@@ -156,8 +156,9 @@ class PreparedData:
 
         want = set(columns or self.columns)
         total = 0
+        fs = self.filesystem
         for f in self.files(split):
-            meta = pq.ParquetFile(f).metadata
+            meta = pq.ParquetFile(str(f), filesystem=fs).metadata
             for i in range(meta.num_row_groups):
                 rg = meta.row_group(i)
                 for j in range(rg.num_columns):
