@@ -195,6 +195,9 @@ class TrainConfig(Strict):
     )
     amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, off on CPU")
     seed: int = 0
+    sample_metrics: bool = Field(
+        False, description="text: score samples for the bundle (LM score, reverse LM, BLEU-4, self-BLEU-4, novelty)"
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":

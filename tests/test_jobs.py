@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 
 TRAIN_CONFIGS = [
-    "demo-rnn", "demo-vae", "demo-gan", "rnn-shakespeare", "vae-mnist", "dcgan-mnist", "wgan-gp-mnist", "sentence-vae",
+    "demo-rnn", "demo-vae", "demo-gan", "rnn-shakespeare", "vae-mnist", "dcgan-mnist", "wgan-gp-mnist", "sentence-vae", "text-gan",
 ]
 
 

@@ -260,7 +260,7 @@ def test_sentence_vae_trains_and_samples_text(docs_text):
     """100 steps: train loss < 75% of the start, held-out -ELBO falls; samples are vocab text, seeded."""
     tok, train_w, val_w = docs_text
     fam = make_sentence_vae(tok)
-    assert fam.capabilities == {"text"}
+    assert fam.capabilities == {"text", "prompt"}
     before = fam.evaluate(batches(val_w, 128, "tokens"))
     hist = train(fam, train_w, steps=100, batch=16, key="tokens")
     after = fam.evaluate(batches(val_w, 128, "tokens"))

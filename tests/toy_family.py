@@ -37,7 +37,7 @@ class ToyFamily(Family):
     losses = ("cross_entropy",)
     default_loss = "cross_entropy"
     modalities = frozenset({"text"})
-    capabilities = frozenset({"text"})
+    capabilities = frozenset({"text", "prompt"})
     val_metric = "val_toy_nll"
     progress_metrics = ("loss", "val_toy_nll")
 

@@ -38,6 +38,7 @@ BUILTIN: dict[str, str] = {
     "rnn": "creagen_ray.families.rnn:RNNFamily",
     "vae": "creagen_ray.families.vae:VAEFamily",
     "gan": "creagen_ray.families.gan:GANFamily",
+    "textgan": "creagen_ray.families.textgan:TextGANFamily",
 }
 
 _paths: dict[str, str] = dict(BUILTIN)  # name -> "module:Class"

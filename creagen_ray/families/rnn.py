@@ -143,7 +143,7 @@ class RNNFamily(Family):
     losses = ("cross_entropy",)
     default_loss = "cross_entropy"
     modalities = frozenset({"text"})
-    capabilities = frozenset({"text", "stream"})
+    capabilities = frozenset({"text", "prompt", "stream"})
     val_metric = "val_loss"
     progress_metrics = ("loss", "val_loss")
 

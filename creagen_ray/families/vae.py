@@ -199,7 +199,7 @@ class VAEFamily(Family):
     @property
     def capabilities(self) -> frozenset[str]:  # type: ignore[override]
         """Requests this instance answers: images for conv, text for sentence."""
-        return frozenset({"image", "interpolate", "reconstruct"} if self.arch == "conv" else {"text"})
+        return frozenset({"image", "interpolate", "reconstruct"} if self.arch == "conv" else {"text", "prompt"})
 
     @property
     def kl_weight(self) -> float:

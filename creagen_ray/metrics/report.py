@@ -22,6 +22,7 @@ from creagen_ray.metrics.text import NGramIndex, distinct_n
 IMAGE_KEYS = ("fcd", "precision", "recall", "max_class_share", "classes_covered", "class_balance_ok")
 TEXT_SAMPLES = 16
 TEXT_SAMPLE_TOKENS = 200
+SAMPLE_KEYS = ("sample_lm_score", "sample_reverse_lm_score", "sample_bleu4", "sample_self_bleu4", "sample_novelty8")
 NOVELTY_CORPUS_ROWS = 20000  # training windows indexed for the 8-gram check (about 2.5M chars at 128)
 
 
@@ -67,6 +68,8 @@ def text_quality_section(family: Any, metrics: dict[str, Any], prepared: Any) ->
     out["samples"] = len(samples)
     out["sample_chars"] = sum(len(s) for s in samples)
     out["novelty_corpus"] = f"character 8-grams of {len(corpus)} training windows"
+    # train.sample_metrics: the text-GAN literature's scores (creagen_ray.training.sample_metrics)
+    out.update({k: metrics[k] for k in SAMPLE_KEYS if k in metrics})
     return out
 
 

@@ -1,6 +1,15 @@
-"""Text quality metrics: likelihood (perplexity, bits), diversity (distinct-n) and novelty (copy check).
+"""Text quality metrics: likelihood (perplexity, bits), diversity (distinct-n), novelty (copy check), and
+the text-GAN literature's sample metrics (Cifka et al. 2018; Texygen, Zhu et al. 2018):
 
-Pure Python/NumPy, no Ray. Conventions:
+  lm_score          mean nats/char of samples under a char RNN trained separately on the real corpus
+                    (quality: lower = more like the corpus)
+  reverse_lm_score  mean nats/char of real held-out text under a char RNN trained on the samples
+                    (coverage and diversity: a collapsed generator teaches a poor LM)
+  bleu4 / self_bleu4  word BLEU-4 of each sample against held-out sentences / against the other
+                    samples (nltk's sentence BLEU, smoothing method 1, averaged as Texygen does)
+  ngram_js          Jensen-Shannon divergence of two sets' char n-gram distributions (Gulrajani et al.)
+
+Pure Python/NumPy (the char LM: PyTorch), no Ray. Conventions:
   - Likelihood metrics take the *mean negative log-likelihood in nats per token*, which is what the
     families report as `val_loss`. With the char tokenizer a token is a character, so
     `bits_per_token` is bits per character (bpc); with the byte tokenizer it is bits per byte.
@@ -14,7 +23,7 @@ Pure Python/NumPy, no Ray. Conventions:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 
@@ -167,3 +176,161 @@ class NGramIndex:
 def novelty(samples: str | Iterable[str], corpus: str | Iterable[str], n: int = 8, unit: Unit = "char") -> float:
     """One-shot novelty (builds an NGramIndex each call; keep an NGramIndex to check many times)."""
     return NGramIndex(corpus, n=n, unit=unit).novelty(samples)
+
+
+# ----------------------------------------------------------------------------------------------
+# n-gram distributions, BLEU
+
+
+def ngram_js(a: Any, b: Any, n: int = 4) -> float:
+    """Jensen-Shannon divergence (nats, in [0, ln 2]) between the n-gram distributions of two sets.
+
+    `a`, `b`: id arrays [N, T] (rows are separate sequences) or lists of strings (char n-grams).
+    0 = the same n-gram frequencies; ln 2 = no n-gram in common.
+    """
+    ha, hb = _ngram_hashes(a, n), _ngram_hashes(b, n)
+    if ha.size == 0 or hb.size == 0:
+        return float("nan")
+    keys, inv = np.unique(np.concatenate([ha, hb]), return_inverse=True)
+    p = np.bincount(inv[: ha.size], minlength=keys.size) / ha.size
+    q = np.bincount(inv[ha.size :], minlength=keys.size) / hb.size
+    m = 0.5 * (p + q)
+
+    def kl(x: np.ndarray) -> float:
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log(x[nz] / m[nz])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def _ngram_hashes(rows: Any, n: int) -> np.ndarray:
+    if isinstance(rows, np.ndarray):
+        seqs = [r for r in rows]
+    else:
+        seqs = [np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32) for s in _as_list(rows)]
+    parts = [_window_hashes(np.asarray(r), n) for r in seqs]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+
+
+def _words(texts: Iterable[str]) -> list[list[str]]:
+    return [t.split() for t in texts]
+
+
+def bleu4(samples: str | Iterable[str], references: Iterable[str]) -> float:
+    """Mean word BLEU-4 of each sample against all `references` (nltk sentence_bleu, smoothing method1)."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    refs = [r for r in _words(references) if r]
+    hyps = [h for h in _words(_as_list(samples)) if h]
+    if not refs or not hyps:
+        return float("nan")
+    smooth = SmoothingFunction().method1
+    return float(np.mean([sentence_bleu(refs, h, smoothing_function=smooth) for h in hyps]))
+
+
+def self_bleu4(samples: Iterable[str]) -> float:
+    """Mean BLEU-4 of each sample against all the others (Texygen's self-BLEU; 1 = all alike)."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    hyps = [h for h in _words(samples) if h]
+    if len(hyps) < 2:
+        return float("nan")
+    smooth = SmoothingFunction().method1
+    scores = [sentence_bleu(hyps[:i] + hyps[i + 1 :], h, smoothing_function=smooth) for i, h in enumerate(hyps)]
+    return float(np.mean(scores))
+
+
+# ----------------------------------------------------------------------------------------------
+# LM score and reverse LM score: a small char GRU trained for the purpose
+
+
+class CharLM:
+    """A char GRU language model over a fixed character vocabulary, trained on some text (for scoring).
+
+        lm = CharLM.fit(train_text, vocab, steps=300)
+        lm.nats_per_char(["some samples", ...])   # mean nats/char, each sample scored from its first char
+    """
+
+    def __init__(self, vocab: str | list[str], hidden: int = 128, seed: int = 0) -> None:
+        import torch
+        from torch import nn
+
+        self.chars = list(vocab)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        torch.manual_seed(seed)
+        V = len(self.chars)
+        self.embed, self.rnn, self.head = nn.Embedding(V, 32), nn.GRU(32, hidden, batch_first=True), nn.Linear(hidden, V)
+        self.params = [*self.embed.parameters(), *self.rnn.parameters(), *self.head.parameters()]
+
+    def encode(self, text: str) -> list[int]:
+        """Character ids; a character outside the vocabulary is a ValueError naming it."""
+        try:
+            return [self.index[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"character {e.args[0]!r} is not in the LM's vocabulary") from None
+
+    def logits(self, x: Any) -> Any:
+        """ids [B, T] -> next-char logits [B, T, V]."""
+        return self.head(self.rnn(self.embed(x))[0])
+
+    @classmethod
+    def fit(cls, text: str, vocab: str | list[str], steps: int = 300, seq_len: int = 64, batch: int = 32,
+            hidden: int = 128, lr: float = 3e-3, seed: int = 0) -> "CharLM":
+        """Train on random windows of `text` with Adam; deterministic for a seed."""
+        import torch
+        import torch.nn.functional as F
+
+        lm = cls(vocab, hidden=hidden, seed=seed)
+        ids = torch.tensor(lm.encode(text), dtype=torch.long)
+        if ids.numel() < seq_len + 2:
+            raise ValueError(f"CharLM.fit needs more than {seq_len + 1} characters, got {ids.numel()}")
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(lm.params, lr=lr)
+        for _ in range(steps):
+            starts = torch.randint(0, ids.numel() - seq_len - 1, (batch,), generator=g)
+            w = torch.stack([ids[s : s + seq_len + 1] for s in starts.tolist()])  # [B, T+1]
+            loss = F.cross_entropy(lm.logits(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten())
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(lm.params, 1.0)
+            opt.step()
+        return lm
+
+    def nats_per_char(self, texts: str | Iterable[str]) -> float:
+        """Mean nats per predicted character over all texts (each text's chars 2.. given its prefix)."""
+        import torch
+        import torch.nn.functional as F
+
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for t in _as_list(texts):
+                if len(t) < 2:
+                    continue
+                ids = torch.tensor(self.encode(t), dtype=torch.long).unsqueeze(0)  # [1, T]
+                total += F.cross_entropy(self.logits(ids[:, :-1])[0], ids[0, 1:], reduction="sum").item()
+                count += ids.size(1) - 1
+        return total / count if count else float("nan")
+
+
+def lm_score(samples: Iterable[str], lm: CharLM) -> float:
+    """Mean nats/char of the samples under a char LM trained on the real corpus (quality; lower is better)."""
+    return lm.nats_per_char(samples)
+
+
+def reverse_lm_score(samples: Iterable[str], heldout: Iterable[str], vocab: str | list[str], **fit: Any) -> float:
+    """Mean nats/char of real held-out text under a char LM trained on the samples (coverage; lower is better)."""
+    sep = next((c for c in ("\n", " ") if c in vocab), "")  # samples are separate texts
+    return CharLM.fit(sep.join(samples), vocab, **fit).nats_per_char(heldout)
+
+
+def sample_report(
+    samples: list[str], train_text: str, heldout: list[str], lm: CharLM, reverse_steps: int = 300
+) -> dict[str, float]:
+    """All the sample metrics of one generator: lm_score, reverse_lm_score, bleu4, self_bleu4, novelty8."""
+    return {
+        "lm_score": lm_score(samples, lm),
+        "reverse_lm_score": reverse_lm_score(samples, heldout, lm.chars, steps=reverse_steps),
+        "bleu4": bleu4(samples, heldout),
+        "self_bleu4": self_bleu4(samples),
+        "novelty8": novelty(samples, train_text, n=8),
+    }

@@ -351,6 +351,8 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         """Sample text; with stream=true, server-sent events as the text is produced."""
         info = store.get(body.model)
         require(info, "text")
+        if body.prompt:
+            require(info, "prompt")  # an unconditional generator (textgan) refuses a prompt: 400
         if info.vocab is not None:
             bad = sorted(set(body.prompt) - set(info.vocab))
             if bad:

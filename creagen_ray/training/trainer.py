@@ -265,6 +265,10 @@ def train(
         raise RuntimeError(f"run {name} finished without a checkpoint; nothing to export")
     family = family_from_checkpoint(result.checkpoint, cfg, prepared)
     metrics = {**scalar_metrics(result.metrics), "run_name": name}
+    if cfg.train.sample_metrics and prepared.spec.modality == "text":
+        from creagen_ray.training.sample_metrics import text_sample_metrics
+
+        metrics.update(text_sample_metrics(family, prepared))
     metrics["quality"] = quality_section(family, metrics, prepared)
     bundle = write_bundle(family, bundle_location(cfg.train.storage_path, name), metrics, prepared.manifest)
     return TrainResult(bundle, metrics, str(result.path), result.checkpoint, family)

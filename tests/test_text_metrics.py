@@ -1,0 +1,56 @@
+"""Text-GAN literature metrics on known cases: BLEU, self-BLEU, LM score, n-gram JS."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from creagen_ray.metrics.text import CharLM, bleu4, lm_score, ngram_js, reverse_lm_score, sample_report, self_bleu4
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: two threads on a shared 2-core machine are several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TEXT = "the quick brown fox jumps over the lazy dog. a stitch in time saves nine. " * 20
+
+
+def test_bleu_and_self_bleu_known_cases() -> None:
+    """BLEU of a sentence against itself is 1; self-BLEU of identical samples is 1; unrelated is near 0."""
+    s = "the quick brown fox jumps over the lazy dog"
+    assert bleu4([s], [s]) == 1.0
+    assert self_bleu4([s, s, s]) == 1.0
+    assert bleu4(["zz yy xx ww vv"], [s]) < 0.05
+    assert 0.0 < self_bleu4([s, "the quick red fox runs past the sleepy cat", "a b c d e"]) < 1.0
+
+
+def test_lm_score_of_training_text_below_shuffled_characters(one_thread: None) -> None:
+    """A char LM scores its own training text lower (nats/char) than the same characters shuffled."""
+    vocab = sorted(set(TEXT))
+    lm = CharLM.fit(TEXT, vocab, steps=60, seq_len=32, batch=8, hidden=32, lr=1e-2)
+    chars = list(TEXT[:400])
+    random.Random(0).shuffle(chars)
+    real, shuffled = lm_score([TEXT[:400]], lm), lm_score(["".join(chars)], lm)
+    assert real < shuffled - 0.5, (real, shuffled)
+    # reverse LM: an LM trained on real text explains held-out real text better than one trained on noise
+    fit = {"steps": 40, "seq_len": 32, "batch": 8, "hidden": 32, "lr": 1e-2}
+    assert reverse_lm_score([TEXT[:600]], [TEXT[600:900]], vocab, **fit) < reverse_lm_score(
+        ["".join(chars)], [TEXT[600:900]], vocab, **fit)
+    report = sample_report([TEXT[:64], TEXT[64:128]], TEXT, [TEXT[200:264]], lm, reverse_steps=5)
+    assert set(report) == {"lm_score", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"}
+    assert report["novelty8"] == 0.0  # copied verbatim from the training text
+
+
+def test_ngram_js_known_cases() -> None:
+    """Same n-gram frequencies: 0; nothing in common: ln 2."""
+    a = np.array([[1, 2, 3, 4, 5, 6]])
+    assert ngram_js(a, a, 4) == 0.0
+    assert abs(ngram_js(a, np.array([[7, 8, 9, 10, 11, 12]]), 4) - np.log(2)) < 1e-9
+    assert ngram_js(["abcdef"], ["abcdef"], 2) == 0.0
