@@ -50,27 +50,46 @@ def uptime() -> str:
 
 
 def make_corpus(folder: Path, mb: int, seed: int = 0) -> int:
-    """Deterministic pseudo-English text files of 4 MiB (the last one shorter) totalling `mb` MB."""
+    """Deterministic pseudo-English text files of 4 MiB (the last one shorter) totalling `mb` MB.
+
+    An existing folder of the right total size is reused (the content depends only on mb, seed)."""
     import numpy as np
 
-    folder.mkdir(parents=True, exist_ok=True)
+    total = mb * 1_000_000
+    if folder.is_dir() and sum(p.stat().st_size for p in folder.iterdir()) == total:
+        return total
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    words = np.array(WORDS, dtype=object)
-    total, i = mb * 1_000_000, 0
-    written = 0
+    words = [w + " " for w in WORDS]
+    ends = [w + ".\n" for w in WORDS]
+    written, i = 0, 0
     while written < total:
         want = min(FILE_BYTES, total - written)
-        parts, size = [], 0
-        while size < want:
-            line = " ".join(words[rng.integers(0, len(words), 12)]) + ".\n"
-            parts.append(line)
-            size += len(line.encode("utf-8"))
-        raw = "".join(parts).encode("utf-8")[:want]
+        idx = rng.integers(0, len(WORDS), want // 4).tolist()  # ~5 bytes a word: enough for one file
+        text = "".join((ends if j % 12 == 11 else words)[k] for j, k in enumerate(idx))
+        raw = text.encode("utf-8")[:want]
         raw = raw[: len(raw.decode("utf-8", "ignore").encode("utf-8"))]  # end on a whole character
         (folder / f"part-{i:05d}.txt").write_bytes(raw)
         written += len(raw)
         i += 1
     return written
+
+
+def init_ray() -> None:
+    """A private local Ray runtime of 2 CPUs (retried: on a loaded machine the raylet can miss
+    Ray's fixed 30 s start-up deadline)."""
+    import ray
+
+    for attempt in range(4):
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
+            return
+        except Exception:  # noqa: BLE001  ("The current node timed out during startup")
+            ray.shutdown()
+            if attempt == 3:
+                raise
+            time.sleep(10)
 
 
 def run_pipeline(corpus: str, out: str) -> dict:
@@ -80,7 +99,7 @@ def run_pipeline(corpus: str, out: str) -> dict:
     from creagen_ray.config import DataConfig
     from creagen_ray.data import prepare_data
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
+    init_ray()
     t0 = time.perf_counter()
     prepared = prepare_data(DataConfig(source=corpus, seq_len=128, output_dir=out), storage_path=out)
     seconds = time.perf_counter() - t0
