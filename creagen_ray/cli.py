@@ -34,6 +34,28 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+class _SetField(argparse.Action):
+    """A flag that is shorthand for `--set <field>=VALUE` (e.g. --tracking mlflow)."""
+
+    def __init__(self, *args: object, field: str, **kwargs: object) -> None:
+        self.field = field
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: object, option: object = None) -> None:
+        ns.overrides = [*(ns.overrides or []), f"{self.field}={value}"]
+
+
+def _tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking",
+        choices=["none", "mlflow", "tensorboard"],
+        action=_SetField,
+        field="train.tracking",
+        dest="overrides",
+        help="experiment tracking, same as --set train.tracking=... (MLflow store default: <storage_path>/mlruns)",
+    )
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the resolved config or the JSON schema."""
     if args.what == "schema":
@@ -157,6 +179,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, families=args.families, steps=args.steps)
 
 
+def version_string() -> str:
+    """creagen-ray X (ray Y, torch Z, python W), read from package metadata (no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from creagen_ray import __version__
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"creagen-ray {__version__} (ray {v('ray')}, torch {v('torch')}, python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (also what --help prints)."""
     parser = argparse.ArgumentParser(
@@ -164,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, tune and serve creative generative models (RNN, VAE, GAN) on Ray.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 2)[2],
+    )
+    parser.add_argument("--version", action="version", version=version_string())
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show Ray's INFO logs and warnings (hidden by default)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -180,12 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train with Ray Train (DDP), checkpoint, export a bundle")
     _config_args(p)
     p.add_argument("--address", default=None, help="Ray address; default: a running cluster, else local")
+    _tracking_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="search hyperparameters with Ray Tune (ASHA / PBT)")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (Tuner.restore)")
     p.add_argument("--address", default=None, help="Ray address; default: a running cluster, else local")
+    _tracking_arg(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("generate", help="generate text or images from a bundle or a server")
@@ -243,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `creagen` console script."""
     args = build_parser().parse_args(argv)
+    from creagen_ray.console import configure
+
+    configure(verbose=args.verbose)
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)

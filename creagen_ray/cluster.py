@@ -8,6 +8,8 @@ from pathlib import Path
 
 import ray
 
+from creagen_ray.console import ray_log_level
+
 
 def connect_ray(address: str | None = None) -> None:
     """Join Ray: `address` when given; else a running cluster; else a private local one.
@@ -36,4 +38,9 @@ def connect_ray(address: str | None = None) -> None:
                 pass
     package_root = str(Path(__file__).resolve().parents[1])  # workers import creagen_ray from here too
     pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        logging_config=ray.LoggingConfig(log_level=ray_log_level()),  # creagen --verbose: INFO, else WARNING
+    )

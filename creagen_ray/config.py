@@ -198,6 +198,12 @@ class TrainConfig(Strict):
     sample_metrics: bool = Field(
         False, description="text: score samples for the bundle (LM score, reverse LM, BLEU-4, self-BLEU-4, novelty)"
     )
+    tracking: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none", description="experiment tracking (docs/tracking.md): MLflow runs or TensorBoard event files"
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: a local file store at <storage_path>/mlruns"
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":

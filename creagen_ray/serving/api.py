@@ -15,12 +15,13 @@ import hmac
 import json
 import secrets
 from collections import Counter
+from pathlib import Path
 from typing import Any, AsyncIterator, Literal, Protocol
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from creagen_ray.bundle import BundleError
@@ -31,7 +32,8 @@ from creagen_ray.provenance import provenance, with_png_text
 from creagen_ray.serving.settings import ServeConfig
 from creagen_ray.serving.store import MODEL_ID_PATTERN, BundleStore, ModelInfo, StoreError
 
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})  # "/": the playground page
+PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
 UPLOAD_SIDE_FACTOR = 8  # an uploaded image may be at most this many times the model's image size per side
 
 
@@ -330,6 +332,11 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
     @api.exception_handler(CapabilityError)
     async def _capability_error(_: Request, e: CapabilityError) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        """The playground page: plain HTML + JS over this API (no build step, no external assets)."""
+        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
 
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:

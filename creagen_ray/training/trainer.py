@@ -39,6 +39,7 @@ from creagen_ray.metrics.report import quality_section
 from creagen_ray.training.checkpoint import load_ray_checkpoint
 from creagen_ray.training.loop import batch_columns, train_loop_per_worker
 from creagen_ray.training.progress import ProgressCallback
+from creagen_ray.training.tracking import Tracker
 
 
 class NonFiniteLossError(RuntimeError):
@@ -257,12 +258,17 @@ def train(
         ray.data.DataContext.get_current().enable_progress_bars = False
     prepared = prepare_data(cfg.data, storage_path=cfg.train.storage_path)
     name = run_name or default_run_name(cfg)
+    tracker = Tracker(cfg, name, storage.join(storage_uri(cfg.train.storage_path), name)).start()  # train.tracking
     trainer = build_trainer(
-        cfg, prepared, run_name=name, callbacks=callbacks, progress=progress, faults=faults
+        cfg, prepared, run_name=name, callbacks=[*(callbacks or []), *tracker.callbacks()], progress=progress, faults=faults
     )
-    result = fit(trainer)
-    if result.checkpoint is None:
-        raise RuntimeError(f"run {name} finished without a checkpoint; nothing to export")
+    try:
+        result = fit(trainer)
+        if result.checkpoint is None:
+            raise RuntimeError(f"run {name} finished without a checkpoint; nothing to export")
+    except BaseException:
+        tracker.fail()
+        raise
     family = family_from_checkpoint(result.checkpoint, cfg, prepared)
     metrics = {**scalar_metrics(result.metrics), "run_name": name}
     if cfg.train.sample_metrics and prepared.spec.modality == "text":
@@ -271,4 +277,5 @@ def train(
         metrics.update(text_sample_metrics(family, prepared))
     metrics["quality"] = quality_section(family, metrics, prepared)
     bundle = write_bundle(family, bundle_location(cfg.train.storage_path, name), metrics, prepared.manifest)
+    tracker.finish(family, str(bundle), metrics, prepared.spec.modality)
     return TrainResult(bundle, metrics, str(result.path), result.checkpoint, family)

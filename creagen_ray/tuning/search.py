@@ -33,6 +33,7 @@ from creagen_ray.config import (
 from creagen_ray.families import family_class
 from creagen_ray.training import connect_ray, family_from_checkpoint
 from creagen_ray.training.trainer import storage_uri
+from creagen_ray.training.tracking import tune_callbacks
 from creagen_ray.tuning.results import TuneResult, rank_rows, table, trial_id_of, trial_rows, write_table
 from creagen_ray.tuning.space import Dimension, parse_space, pbt_mutations
 from creagen_ray.tuning.trial import CreagenTrial, sampled_config
@@ -194,7 +195,7 @@ def run_search(
                 name=cfg.name,
                 storage_path=tune_root,
                 stop=stop,
-                callbacks=callbacks,
+                callbacks=[*(callbacks or []), *tune_callbacks(cfg)],  # train.tracking: Ray's MLflow / TBX loggers
                 verbose=verbose,
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=TUNE_CHECKPOINTS_TO_KEEP, checkpoint_frequency=1, checkpoint_at_end=True
