@@ -61,6 +61,22 @@ def test_mlflow_store_holds_run_params_metric_history_artifact(ray_cluster, tmp_
     assert sample.name == "samples.txt" and len(sample.read_text()) > 100
 
 
+def read_events(path: Path) -> list:
+    """The Event protos of a TensorBoard event file (TFRecord: length, crc, payload, crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, i, out = path.read_bytes(), 0, []
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        ev = Event()
+        ev.ParseFromString(data[i + 12 : i + 12 + n])
+        out.append(ev)
+        i += 12 + n + 4
+    return out
+
+
 def test_tensorboard_finish_writes_event_files(tmp_path: Path) -> None:
     """Tracker(tensorboard).finish writes an event file with the sample grid (image family)."""
     from _serve_bundles import image_bundle
@@ -73,6 +89,12 @@ def test_tensorboard_finish_writes_event_files(tmp_path: Path) -> None:
     (cb,) = tracker.callbacks()
     cb.after_report(None, [{"step": 1, "loss": 0.5, "nonfinite": False, "note": "x"}], None)
     tracker.finish(b.family, "bundle-uri", {}, "image")
-    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
-    assert events and sum(e.stat().st_size for e in events) > 1000  # scalars + a PNG-encoded grid
+    tags = {}
+    for f in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):
+        for ev in read_events(f):
+            for v in ev.summary.value:
+                tags[v.tag] = v
+    assert tags["loss"].simple_value == 0.5 and "nonfinite" not in tags and "note" not in tags
+    assert tags["samples"].image.width > 16 and tags["samples"].image.encoded_image_string[:4] == b"\x89PNG"
+    assert any(t.startswith("bundle_uri") for t in tags)
     assert write_samples(b.family, "image", tmp_path).suffix == ".png"

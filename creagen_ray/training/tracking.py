@@ -11,7 +11,7 @@ controller (a `UserCallback`, like the progress lines), then from the driver the
 (`samples/` artifacts), the final metrics and the bundle URI (tag and param `bundle_uri`).
 
 TensorBoard: event files (tensorboardX) under `<storage_path>/<run>/tensorboard`: scalars per
-report, then the sample grid (images) or texts and the bundle URI as text.
+report (one small file each), then the sample grid (images) or texts and the bundle URI as text.
 
 Tune uses Ray's own loggers on top of each trial's training: `MLflowLoggerCallback` (same store,
 experiment `<name>-tune`, one MLflow run per trial) or `TBXLoggerCallback` (event files in each
@@ -103,10 +103,11 @@ class TrackingCallback(UserCallback):
         else:
             from tensorboardX import SummaryWriter
 
-            self._sink = self._sink or SummaryWriter(self.target)
-            for k, v in values.items():
-                self._sink.add_scalar(k, v, step)
-            self._sink.flush()
+            # one small event file per report, closed at once: tensorboardX's flush() leaves events
+            # queued in its writer thread, and the controller may exit without closing a long-lived writer
+            with SummaryWriter(self.target, filename_suffix=f".step{step}") as w:
+                for k, v in values.items():
+                    w.add_scalar(k, v, step)
 
 
 class Tracker:
@@ -164,7 +165,7 @@ class Tracker:
             else:
                 from tensorboardX import SummaryWriter
 
-                with SummaryWriter(self.logdir) as w:
+                with SummaryWriter(self.logdir, filename_suffix=".final") as w:  # not the callback's file
                     if sample.suffix == ".png":
                         import numpy as np
                         from PIL import Image
