@@ -159,12 +159,19 @@ def test_hostile_bundles_refused_at_scan_with_reasons(bundles: Path, tmp_path: P
 
 
 def test_bundle_changed_after_the_scan_is_not_loaded(bundles: Path, tmp_path: Path) -> None:
-    """The scan pins each manifest's sha256: a re-hashed rewrite after the scan is refused at load."""
+    """The scan pins each manifest's sha256: a re-hashed rewrite after the scan is refused at load.
+    (And non-finite training metrics are listed as null, so /v1/models can always render.)"""
     from creagen_ray.bundle import BundleError as Refused
     from creagen_ray.serving.engine import LocalBackend
 
     shutil.copytree(bundles / "gan", tmp_path / "gan")
-    backend = LocalBackend(BundleStore.scan([tmp_path]))
+    (tmp_path / "gan" / "metrics.json").write_text('{"loss": NaN, "val": {"fid": Infinity}, "steps": 5}')
+    rehash(tmp_path / "gan")  # a diverged run's metrics: JSON responses cannot carry NaN
+    store = BundleStore.scan([tmp_path])
+    assert json.loads(json.dumps(store.models["gan"].model_dump(), allow_nan=False))["metrics"] == {
+        "loss": None, "val": {"fid": None}, "steps": 5
+    }
+    backend = LocalBackend(store)
     rewrite(tmp_path / "gan", lambda flat: [v.neg_() for v in flat.values() if v.is_floating_point()])
     with pytest.raises(Refused, match="changed since the store scan"):
         asyncio.run(backend.bundle("gan"))
