@@ -115,7 +115,7 @@ def main() -> None:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # scoring only; the runs set their own threads
 
     data = load_mnist()
     judge = train_feature_net(data["train_x"], data["train_y"], num_classes=10, steps=400, seed=0)
@@ -127,8 +127,12 @@ def main() -> None:
     for model in [m.strip() for m in args.only.split(",") if m.strip()]:
         budget = getattr(args, MODELS[model][2])
         load0 = os.getloadavg()[0]
-        ref = reference(model, budget, args.out)
-        proj = project(model, budget, args.out)
+        try:
+            ref = reference(model, budget, args.out)
+            proj = project(model, budget, args.out)
+        except RuntimeError as err:  # one failed run (e.g. Ray start-up timing out) does not lose the others
+            print(f"{model}: FAILED: {err}", flush=True)
+            continue
         q = {k: image_quality(judge, real, r["samples"]) for k, r in (("ref", ref), ("proj", proj))}
         grid = save_grids(model, ref["samples"], proj["samples"], args.out)
         row = {"model": model, "budget_s": budget, "load_start": load0, "load_end": os.getloadavg()[0], "grid": str(grid)}
