@@ -164,6 +164,12 @@ class TrainConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0.0, description="fractions leave CPU for Ray Data's read tasks")
     gpus_per_worker: float = Field(1.0, ge=0.0)
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per worker, e.g. {trainer: 1} to keep workers on those nodes"
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how workers spread over nodes; STRICT_SPREAD = one worker per node"
+    )
     torch_threads: int | None = Field(None, ge=1, description="default: cpus_per_worker rounded, at least 1")
     steps: int | None = Field(1000, ge=1, description="optimizer steps; exactly one of steps/epochs")
     epochs: int | None = Field(None, ge=1)

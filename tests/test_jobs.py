@@ -61,8 +61,9 @@ def wait_http(url: str, timeout: float) -> None:
 
 
 @pytest.fixture()
-def job_cluster():
-    """A private head node with the dashboard (job server); yields its dashboard URL."""
+def job_cluster(s3_server):
+    """A private head node with the dashboard (job server), its environment holding the S3 endpoint
+    and credentials (as a node's IAM role would); yields its dashboard URL."""
     temp_dir = tempfile.mkdtemp(prefix="crj", dir="/tmp")  # short: Ray's socket paths have a length limit
     dash = free_port()
     env = {
@@ -70,6 +71,7 @@ def job_cluster():
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
         "PYTHONPATH": str(ROOT),
+        **s3_server.env,
     }
     env.pop("RAY_ADDRESS", None)
     cmd = [
@@ -102,21 +104,24 @@ def job_cluster():
 
 
 @pytest.mark.slow
-def test_train_job_succeeds(job_cluster: str, tmp_path: Path) -> None:
-    """`python jobs/train.py CONFIG` submitted with working_dir=repo finishes SUCCEEDED and writes a bundle."""
+def test_train_job_succeeds(job_cluster: str, s3_server, tmp_path: Path) -> None:
+    """`python jobs/train.py CONFIG --set train.storage_path=s3://...` submitted with working_dir=repo
+    finishes SUCCEEDED, leaves its bundle in the bucket and prints the bundle's URI."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     cfg = yaml.safe_load((ROOT / "jobs/configs/demo-rnn.yaml").read_text())
     cfg["data"]["max_items"] = 30000
     cfg["model"].update(hidden_size=32, embed_dim=16)
-    cfg["train"].update(steps=10, eval_every=5, log_every=5, checkpoint_every=10, storage_path=str(tmp_path))
+    cfg["train"].update(steps=10, eval_every=5, log_every=5, checkpoint_every=10)
     cfg_path = tmp_path / "job.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
+    storage = s3_server.uri("jobs/runs")
 
     client = JobSubmissionClient(job_cluster)
     t0 = time.perf_counter()
     job_id = client.submit_job(
-        entrypoint=f"{sys.executable} jobs/train.py {cfg_path} --set train.run_name=job-test",
+        entrypoint=f"{sys.executable} jobs/train.py {cfg_path} --set train.storage_path={storage} "
+        "--set train.run_name=job-test",
         runtime_env={
             "working_dir": str(ROOT),
             "excludes": [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"],
@@ -134,5 +139,6 @@ def test_train_job_succeeds(job_cluster: str, tmp_path: Path) -> None:
     if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         client.stop_job(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    assert "bundle:" in logs
-    assert (tmp_path / "job-test" / "bundle" / "manifest.json").is_file()
+    assert f"bundle: {storage}/job-test/bundle" in logs
+    keys = s3_server.keys("jobs/runs/job-test/")
+    assert "jobs/runs/job-test/bundle/manifest.json" in keys and any("/checkpoint_" in k for k in keys)

@@ -7,9 +7,16 @@ scan), and a wrong / missing credential or bucket failing `creagen train` before
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from _serve_bundles import TEXT, text_bundle
@@ -107,3 +114,117 @@ def test_bad_storage_fails_before_training(
     for k, v in s3.env.items():
         monkeypatch.setenv(k, v)
     assert s3.keys("bad-case/") == []  # nothing written
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end, as a user runs it: every command a subprocess in an empty working directory
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def creagen(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `creagen ARGS` (this venv's console script) and capture its output."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("creagen")), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def upload_png_folder(s3, prefix: str) -> None:
+    """Two class folders of 12x12 grayscale PNGs (dark / bright squares) into the bucket."""
+    from PIL import Image
+
+    client = s3.client()
+    for label, value in (("dark", 40), ("bright", 220)):
+        for i in range(6):
+            buf = io.BytesIO()
+            Image.new("L", (12, 12), value + i).save(buf, format="PNG")
+            client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{label}/{i}.png", Body=buf.getvalue())
+
+
+@pytest.mark.slow
+def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> None:
+    """prepare from s3:// (text, PNG folder) -> train with storage_path s3://bucket/runs -> bundle and
+    checkpoints in the bucket, nothing on local disk -> serve s3://bucket/runs -> generate over HTTP."""
+    s3 = s3_server
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {
+        **os.environ, **s3.env,
+        "CREAGEN_CACHE_DIR": str(tmp_path / "cache"),
+        "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)  # each command starts its own local Ray, as on a laptop
+    client = s3.client()
+    client.put_object(Bucket=s3.bucket, Key="e2e/corpus/a.txt", Body=(TEXT * 20).encode())
+    upload_png_folder(s3, "e2e/pngs")
+    runs = s3.uri("e2e/runs")
+
+    # an image folder in the bucket -> Parquet shards in the bucket
+    r = creagen(
+        ["prepare", str(ROOT / "jobs/configs/demo-gan.yaml"), "--set", f"data.source={s3.uri('e2e/pngs')}",
+         "--set", "data.kind=png", "--set", "data.image_size=12", "--set", "data.channels=1",
+         "--set", f"train.storage_path={runs}"],
+        env, cwd,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "images" in r.stdout, r.stdout
+    data_keys = s3.keys("e2e/runs/data/")
+    assert any(k.endswith("manifest.json") for k in data_keys) and any(k.endswith(".parquet") for k in data_keys)
+
+    # text from the bucket, trained with 2 DDP workers, everything written to the bucket
+    r = creagen(
+        ["train", str(ROOT / "jobs/configs/demo-rnn.yaml"), "--set", f"data.source={s3.uri('e2e/corpus/a.txt')}",
+         "--set", "data.seq_len=32", "--set", f"train.storage_path={runs}", "--set", "train.run_name=s3run",
+         "--set", "train.steps=6", "--set", "train.eval_every=3", "--set", "train.checkpoint_every=3",
+         "--set", "train.batch_size=16", "--set", "model.hidden_size=32", "--set", "model.embed_dim=16"],
+        env, cwd,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    bundle_uri = s3.uri("e2e/runs/s3run/bundle")
+    assert f"bundle: {bundle_uri}" in r.stdout
+    keys = s3.keys("e2e/runs/s3run/")
+    assert "e2e/runs/s3run/bundle/manifest.json" in keys and "e2e/runs/s3run/bundle/weights.safetensors" in keys
+    assert any("/checkpoint_" in k and k.endswith("state.pt") for k in keys)
+    assert "e2e/runs/s3run/checkpoint_manager_snapshot.json" in keys
+    assert list(cwd.iterdir()) == []  # no ./runs, no data folder, nothing else on local disk
+
+    # serve the storage folder of runs: the run is served under its name, fetched by the replicas
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("creagen")), "serve", runs, "--port", str(port)],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "creagen serve did not come up"
+            time.sleep(1)
+        models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
+        assert [m["id"] for m in models] == ["s3run"]
+        r = creagen(["generate", "--url", url, "--model", "s3run", "--prompt", "the ", "--max-new-tokens", "20",
+                     "--n", "1", "--seed", "1"], env, cwd, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("the ") and set(r.stdout.strip()) <= set(TEXT)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+    r = creagen(["generate", bundle_uri, "--prompt", "the ", "--max-new-tokens", "20", "--n", "1"], env, cwd, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("the "), r.stderr
+    assert list(cwd.iterdir()) == []

@@ -174,7 +174,7 @@ def build_trainer(
     train_ds, data_mode = training_dataset(prepared, list(batch_columns(spec)), t.materialize_mb)
     loop_config["data_mode"] = data_mode
     datasets = {"train": train_ds}
-    resources = {"CPU": t.cpus_per_worker}
+    resources = {"CPU": t.cpus_per_worker, **t.worker_resources}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
     cbs = list(callbacks or [])
@@ -185,7 +185,12 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=t.placement_strategy,
+        ),
         run_config=RunConfig(
             name=run_name,
             **ray_storage(storage_path or t.storage_path),
