@@ -13,8 +13,10 @@ endpoint and credentials, which every raylet inherits like a node's IAM role). W
 from __future__ import annotations
 
 import json
-import os
+import shutil
+import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,9 +59,13 @@ def main(cfg_path: str, report_path: str) -> None:
     raw = json.loads(Path(cfg_path).read_text())
     cfg = validate_config(raw)
     report: dict = {"groups": [], "removed": None, "events": []}
+    temp_dir = tempfile.mkdtemp(prefix="crmn", dir="/tmp")  # private: no other process finds this cluster
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": 150 * MB, "include_dashboard": True, "dashboard_port": None},
+        head_node_args={
+            "num_cpus": 1, "object_store_memory": 150 * MB, "include_dashboard": True,
+            "dashboard_port": free_port(), "temp_dir": temp_dir,
+        },
     )
     nodes = {
         "node_a": cluster.add_node(num_cpus=1, resources={"node_a": 1, "trainer": 1}, object_store_memory=150 * MB),
@@ -69,50 +75,56 @@ def main(cfg_path: str, report_path: str) -> None:
     ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, log_to_driver=False)
     report["driver_node"] = ray.get_runtime_context().get_node_id()
     run_uri = storage.join(cfg.train.storage_path, cfg.train.run_name)
-    done = threading.Event()
+    outcome: dict = {}
 
-    def chaos() -> None:
-        """Record the worker group's nodes; after the first checkpoint lands, remove node_b, add node_c."""
-        t0 = time.monotonic()
-        fs, path = storage.resolve(run_uri)
-        while not done.is_set():
+    def run() -> None:
+        try:
+            result = train(cfg, progress=False)
+            outcome["bundle"], outcome["metrics"] = str(result.bundle_path), result.metrics
+        except BaseException as e:  # noqa: BLE001 - reported, the test decides
+            outcome["error"] = repr(e)
+
+    trainer = threading.Thread(target=run, name="train")
+    trainer.start()
+    t0 = time.monotonic()
+    fs, path = storage.resolve(run_uri)
+    try:
+        # the driver's main thread plays the cluster: watch placement, and after the first checkpoint
+        # lands in storage, remove node_b (a lost node) and add node_c (its replacement)
+        while trainer.is_alive():
             for g in worker_nodes():
                 if g not in report["groups"]:
                     report["groups"].append(g)
+                    report["events"].append(f"{time.monotonic() - t0:.0f}s: worker group on {g}")
             if report["removed"] is None and report["groups"]:
                 infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
                 if any(i.base_name.startswith("checkpoint_") for i in infos):
                     report["events"].append(f"{time.monotonic() - t0:.0f}s: checkpoint in storage; removing node_b")
-                    cluster.remove_node(nodes["node_b"], allow_graceful=False)
+                    cluster.remove_node(nodes.pop("node_b"), allow_graceful=False)
                     report["removed"] = "node_b"
                     nodes["node_c"] = cluster.add_node(
                         num_cpus=1, resources={"node_c": 1, "trainer": 1}, object_store_memory=150 * MB
                     )
                     report["events"].append(f"{time.monotonic() - t0:.0f}s: node_c added")
-            time.sleep(0.5)
+            trainer.join(timeout=0.5)
+        report.update(outcome)
+        from ray.util.state import list_tasks
 
-    monitor = threading.Thread(target=chaos, daemon=True)
-    monitor.start()
-    try:
-        result = train(cfg, progress=True)
-        report["bundle"] = str(result.bundle_path)
-        report["metrics"] = result.metrics
+        tasks = list_tasks(filters=[("type", "=", "NORMAL_TASK")], limit=10000, raise_on_missing_output=False)
+        names = node_names()
+        report["read_task_nodes"] = sorted({names.get(t.node_id, "gone") for t in tasks if "Read" in (t.name or "")})
     finally:
-        done.set()
-        monitor.join(timeout=10)
-        try:
-            from ray.util.state import list_tasks
-
-            tasks = list_tasks(filters=[("type", "=", "NORMAL_TASK")], limit=10000, raise_on_missing_output=False)
-            names = node_names()
-            report["read_task_nodes"] = sorted(
-                {names.get(t.node_id, t.node_id or "?") for t in tasks if "Read" in (t.name or "")}
-            )
-        except Exception as e:  # noqa: BLE001 - reported, the test decides
-            report["read_task_nodes_error"] = repr(e)
         Path(report_path).write_text(json.dumps(report, indent=2, default=str))
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ def test_three_node_run_survives_losing_a_worker_node(s3_server, tmp_path: Path)
     cfg_path.write_text(json.dumps(raw))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    env = {**os.environ, **s3.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ, **s3.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",  # a replacement node may take a while to join
+    }
     env.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()
     r = subprocess.run(
