@@ -32,6 +32,7 @@ def test_three_node_run_survives_losing_a_worker_node(s3_server, tmp_path: Path)
         steps=40, eval_every=10, checkpoint_every=10, log_every=10, batch_size=16, num_to_keep=2,
         storage_path=s3.uri("multinode/runs"), run_name="mn", max_failures=1,
         cpus_per_worker=0.5, worker_resources={"trainer": 1}, placement_strategy="STRICT_SPREAD",
+        materialize_mb=0,  # stream: read tasks keep running during training, on the worker nodes
     )
     cfg_path, report_path = tmp_path / "cfg.json", tmp_path / "report.json"
     if os.environ.get("STORE9_LOCAL_DATA"):
@@ -42,6 +43,7 @@ def test_three_node_run_survives_losing_a_worker_node(s3_server, tmp_path: Path)
     env = {
         **os.environ, **s3.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",  # a replacement node may take a while to join
+        "RAY_raylet_start_wait_time_s": "120",  # 3 raylets on 2 busy cores start slowly
     }
     env.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()

@@ -228,3 +228,30 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     r = creagen(["generate", bundle_uri, "--prompt", "the ", "--max-new-tokens", "20", "--n", "1"], env, cwd, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("the "), r.stderr
     assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_tune_results_and_best_bundle_in_s3(s3, tmp_path: Path) -> None:
+    """`creagen tune` with storage_path s3://: Tune's experiment, the trial runs, results table, best.yaml
+    and best bundle all land in the bucket; nothing is written to the working directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, **s3.env, "CREAGEN_CACHE_DIR": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    runs = s3.uri("tune-e2e/runs")
+    r = creagen(
+        ["tune", str(ROOT / "jobs/configs/demo-tune.yaml"), "--set", f"train.storage_path={runs}",
+         "--set", "tune.num_samples=2", "--set", "train.steps=10", "--set", "train.eval_every=5",
+         "--set", "train.checkpoint_every=5", "--set", "data.max_items=20000"],
+        env, cwd, timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp = "tune-e2e/runs/tune/demo-tune/"
+    keys = s3.keys(exp)
+    for name in ("results.parquet", "results.csv", "best.yaml", "best_bundle/manifest.json"):
+        assert exp + name in keys, (name, keys[:20])
+    assert any(k.startswith(exp + "trial_runs/") and k.endswith("state.pt") for k in keys)
+    assert any(k.rsplit("/", 1)[-1].startswith("experiment_state-") for k in keys)
+    assert f"bundle: {s3.uri(exp + 'best_bundle')}" in r.stdout
+    assert list(cwd.iterdir()) == []
+    assert load_bundle(s3.uri(exp + "best_bundle")).name == "rnn"

@@ -14,13 +14,16 @@ and, with `train.use_gpu`, `train.gpus_per_worker`; `tune.max_concurrent_trials`
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
+from creagen_ray import storage as store
 from creagen_ray.bundle import write_bundle
 from creagen_ray.config import (
     ConfigError,
@@ -32,8 +35,8 @@ from creagen_ray.config import (
 )
 from creagen_ray.families import family_class
 from creagen_ray.training import connect_ray, family_from_checkpoint
-from creagen_ray.training.trainer import storage_uri
 from creagen_ray.training.tracking import tune_callbacks
+from creagen_ray.training.trainer import ray_storage, storage_uri
 from creagen_ray.tuning.results import TuneResult, rank_rows, table, trial_id_of, trial_rows, write_table
 from creagen_ray.tuning.space import Dimension, parse_space, pbt_mutations
 from creagen_ray.tuning.trial import CreagenTrial, sampled_config
@@ -147,9 +150,11 @@ def run_search(
     _check_population(cfg, dims)
     metric, mode = search_metric(cfg, dims, base), cfg.tune.mode
     storage = storage_uri(cfg.train.storage_path)
-    tune_root = f"{storage}/tune"
-    exp_dir = Path(tune_root) / cfg.name
-    if resume and not tune.Tuner.can_restore(str(exp_dir)):
+    store.check_writable(storage)  # a bad bucket or credential: fail before any Ray work
+    tune_root = store.join(storage, "tune")
+    exp_dir = store.join(tune_root, cfg.name)  # a local folder or a URI
+    exp_at = ray_storage(exp_dir)  # {"storage_path": path inside its filesystem, + "storage_filesystem"}
+    if resume and not tune.Tuner.can_restore(exp_at["storage_path"], exp_at.get("storage_filesystem")):
         raise ConfigError(f"--resume: no search to resume at {exp_dir}")
 
     connect_ray(address)
@@ -166,7 +171,7 @@ def run_search(
             forced=forced_settings(cfg),
             metric=metric,
             storage_path=storage,
-            runs_dir=str(exp_dir / "trial_runs"),
+            runs_dir=store.join(exp_dir, "trial_runs"),
             prepared_path=prepared_path,
             faults=faults,
         ),
@@ -177,7 +182,12 @@ def run_search(
         # unfinished trials continue from their last checkpoint; finished ones are not re-run;
         # errored ones stay errored (a diverged trial would diverge again)
         tuner = tune.Tuner.restore(
-            str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+            exp_at["storage_path"],
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+            storage_filesystem=exp_at.get("storage_filesystem"),
         )
     else:
         tuner = tune.Tuner(
@@ -193,7 +203,7 @@ def run_search(
             ),
             run_config=tune.RunConfig(
                 name=cfg.name,
-                storage_path=tune_root,
+                **ray_storage(tune_root),
                 stop=stop,
                 callbacks=[*(callbacks or []), *tune_callbacks(cfg)],  # train.tracking: Ray's MLflow / TBX loggers
                 verbose=verbose,
@@ -214,14 +224,49 @@ def write_outputs(
     base: dict[str, Any],
     dims: dict[str, Dimension],
     metric: str,
-    exp_dir: Path,
+    exp_dir: Path | str,
     seconds: float,
 ) -> TuneResult:
-    """Results table, best.yaml and the best trial's bundle, from a Tune ResultGrid."""
+    """Results table, best.yaml and the best trial's bundle, from a Tune ResultGrid.
+
+    `exp_dir` may be a storage URI: the table and best.yaml are written in a local staging folder
+    and uploaded; Tune's experiment state is read back from there.
+    """
+    if not store.is_uri(str(exp_dir)):
+        return _write_outputs(grid, cfg, base, dims, metric, Path(exp_dir), Path(exp_dir), seconds)
+    with tempfile.TemporaryDirectory(prefix="creagen-tune-") as tmp:
+        state, out = Path(tmp) / "state", Path(tmp) / "out"
+        fs, inner = store.resolve(str(exp_dir))
+        state.mkdir()
+        for info in fs.get_file_info(pafs.FileSelector(inner)):
+            if info.base_name.startswith("experiment_state-"):
+                pafs.copy_files(info.path, str(state / info.base_name), source_filesystem=fs)
+        result = _write_outputs(grid, cfg, base, dims, metric, state, out, seconds, bundle_at=str(exp_dir))
+        store.upload_dir(out, str(exp_dir))
+
+    def at(p: Path | str | None) -> str | None:
+        return None if p is None or store.is_uri(str(p)) else store.join(str(exp_dir), Path(p).name)
+
+    result.experiment_dir, result.results_parquet, result.results_csv = exp_dir, at(result.results_parquet), at(result.results_csv)
+    result.best_config_path = at(result.best_config_path)
+    return result
+
+
+def _write_outputs(
+    grid: Any,
+    cfg: ExperimentConfig,
+    base: dict[str, Any],
+    dims: dict[str, Dimension],
+    metric: str,
+    state_dir: Path,
+    exp_dir: Path,
+    seconds: float,
+    bundle_at: str | None = None,
+) -> TuneResult:
     from creagen_ray.data import prepare_data
 
     mode = cfg.tune.mode
-    rows = rank_rows(trial_rows(grid, metric, mode, list(dims), exp_dir), mode)
+    rows = rank_rows(trial_rows(grid, metric, mode, list(dims), state_dir), mode)
     df = table(rows, metric)
     pq, csv = write_table(df, exp_dir)
     best_row = rows[0] if rows and rows[0].final is not None and rows[0].status != "ERROR" else None
@@ -235,7 +280,7 @@ def write_outputs(
             prepared = prepare_data(best_cfg.data, storage_path=storage_uri(cfg.train.storage_path))  # cached
             family = family_from_checkpoint(best_result.checkpoint, best_cfg, prepared)
             metrics = {metric: best_row.final, "trial_id": best_row.trial_id, "search": cfg.name}
-            bundle = write_bundle(family, exp_dir / "best_bundle", metrics, prepared.manifest)
+            bundle = write_bundle(family, store.join(bundle_at or str(exp_dir), "best_bundle"), metrics, prepared.manifest)
     return TuneResult(
         name=cfg.name,
         experiment_dir=exp_dir,
@@ -245,7 +290,7 @@ def write_outputs(
         results_parquet=pq,
         results_csv=csv,
         best_config_path=best_cfg_path,
-        bundle_path=Path(bundle) if bundle else None,
+        bundle_path=bundle if bundle is None or store.is_uri(str(bundle)) else Path(bundle),
         best_trial_id=best_row.trial_id if best_row else None,
         seconds=seconds,
         dims={p: d.describe() for p, d in dims.items()},

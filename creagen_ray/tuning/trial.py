@@ -17,18 +17,20 @@ releases its workers and placement group.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
+import ray.train
 from ray import tune
 from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
+from creagen_ray import storage
 from creagen_ray.config import ExperimentConfig, validate_config
 from creagen_ray.training import NonFiniteLossError, build_trainer, fit
 from creagen_ray.tuning.space import resolve
@@ -95,8 +97,8 @@ class CreagenTrial(tune.Trainable):
             self.prepared = load_prepared(prepared_path)
         else:  # the space searches data fields: each trial prepares (or finds) its own
             self.prepared = prepare_data(self.cfg.data, storage_path=storage_path)
-        self.runs_dir = Path(runs_dir)
-        self._start_from: str | None = None  # a checkpoint directory (PBT donor or restore)
+        self.runs_dir = runs_dir  # a local folder or a storage URI (the trials' Train runs)
+        self._start_from: ray.train.Checkpoint | None = None  # PBT donor or restore, copied next to the runs
         self._restored_from = ""  # the Tune checkpoint it came from (reported, so tests can see the donor)
         self._reset_run()
 
@@ -118,7 +120,7 @@ class CreagenTrial(tune.Trainable):
             self.cfg,
             self.prepared,
             run_name=run_name,
-            storage_path=str(self.runs_dir),
+            storage_path=self.runs_dir,
             callbacks=[_ReportRelay(queue), _ControllerHello(queue)],
             resume_from_checkpoint=self._start_from,
             faults=self.faults,
@@ -186,17 +188,19 @@ class CreagenTrial(tune.Trainable):
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Copy the run's latest Train checkpoint (state.pt + meta.json) into Tune's directory."""
-        if self._last_checkpoint:
-            shutil.copytree(self._last_checkpoint, checkpoint_dir, dirs_exist_ok=True)
+        if self._last_checkpoint:  # a path inside the runs' filesystem (local or object storage)
+            fs = storage.resolve(self.runs_dir)[0]
+            pafs.copy_files(self._last_checkpoint, checkpoint_dir, source_filesystem=fs)
 
     def load_checkpoint(self, checkpoint: str) -> None:
         """Start the next run from this checkpoint (a PBT donor's, or this trial's own on restore)."""
         if not (Path(checkpoint) / "state.pt").is_file():
             return  # saved before the run's first checkpoint: start fresh
         self._stop_run()
-        keep = self.runs_dir / f"{self.trial_id}-from-{time.time_ns()}"
-        shutil.copytree(checkpoint, keep)  # Tune may delete or rotate its copy
-        self._start_from = str(keep)
+        keep = storage.join(self.runs_dir, f"{self.trial_id}-from-{time.time_ns()}")
+        fs, inner = storage.resolve(keep)  # Tune may delete or rotate its copy: keep ours next to the runs
+        pafs.copy_files(str(checkpoint), inner, destination_filesystem=fs)
+        self._start_from = ray.train.Checkpoint(inner, filesystem=fs)
         self._restored_from = str(checkpoint)
         self._reset_run()
 
