@@ -60,6 +60,8 @@ def main(cfg_path: str, report_path: str) -> None:
     cfg = validate_config(raw)
     report: dict = {"groups": [], "removed": None, "events": []}
     temp_dir = tempfile.mkdtemp(prefix="crmn", dir="/tmp")  # private: no other process finds this cluster
+    address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    previous = address_file.read_bytes() if address_file.is_file() else None
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -67,6 +69,12 @@ def main(cfg_path: str, report_path: str) -> None:
             "dashboard_port": free_port(), "temp_dir": temp_dir,
         },
     )
+    # Cluster() records itself as "the current cluster" in /tmp/ray, where a bare ray.init() of any
+    # other process on this machine would join it: put back what was there
+    if previous is None:
+        address_file.unlink(missing_ok=True)
+    else:
+        address_file.write_bytes(previous)
     nodes = {
         "node_a": cluster.add_node(num_cpus=1, resources={"node_a": 1, "trainer": 1}, object_store_memory=150 * MB),
         "node_b": cluster.add_node(num_cpus=1, resources={"node_b": 1, "trainer": 1}, object_store_memory=150 * MB),

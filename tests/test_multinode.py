@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,17 +27,15 @@ def test_three_node_run_survives_losing_a_worker_node(s3_server, tmp_path: Path)
 
     s3 = s3_server
     raw = yaml.safe_load((ROOT / "jobs/configs/demo-rnn.yaml").read_text())
-    raw["data"].update(max_items=40000, seq_len=32)
+    raw["data"].update(max_items=20000, seq_len=32)
     raw["model"].update(hidden_size=32, embed_dim=16)
     raw["train"].update(
-        steps=40, eval_every=10, checkpoint_every=10, log_every=10, batch_size=16, num_to_keep=2,
+        steps=20, eval_every=10, checkpoint_every=10, log_every=10, batch_size=16, num_to_keep=2,
         storage_path=s3.uri("multinode/runs"), run_name="mn", max_failures=1,
         cpus_per_worker=0.5, worker_resources={"trainer": 1}, placement_strategy="STRICT_SPREAD",
         materialize_mb=0,  # stream: read tasks keep running during training, on the worker nodes
     )
     cfg_path, report_path = tmp_path / "cfg.json", tmp_path / "report.json"
-    if os.environ.get("STORE9_LOCAL_DATA"):
-        raw["data"]["output_dir"] = str(tmp_path / "data")
     cfg_path.write_text(json.dumps(raw))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -47,10 +46,16 @@ def test_three_node_run_survives_losing_a_worker_node(s3_server, tmp_path: Path)
     }
     env.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()
-    r = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests/multinode_run.py"), str(cfg_path), str(report_path)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=1500)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole cluster: raylets, workers, dashboard
+        out, err = proc.communicate()
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     print(f"multi-node run: {time.perf_counter() - t0:.0f} s")
     assert report_path.is_file(), r.stderr[-4000:]
     report = json.loads(report_path.read_text())
@@ -63,7 +68,7 @@ def test_three_node_run_survives_losing_a_worker_node(s3_server, tmp_path: Path)
     assert any(sorted(g) == ["node_a", "node_c"] for g in groups[1:]), groups  # restarted on the new node
     m = report["metrics"]
     print(f"resumed from step {m['start_step']} after losing node_b")
-    assert m["step"] == 40 and 10 <= m["start_step"] < 40 and m["start_step"] % 10 == 0
+    assert m["step"] == 20 and m["start_step"] == 10  # resumed from the step-10 checkpoint, not from scratch
     assert m["world_size"] == 2
     assert report["bundle"] == s3.uri("multinode/runs/mn/bundle")
     assert "multinode/runs/mn/bundle/manifest.json" in s3.keys("multinode/runs/mn/")
