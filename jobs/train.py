@@ -1,10 +1,12 @@
 """Ray Job entrypoint for training: `creagen train` inside a job (the library does the work).
 
-    ray job submit --working-dir . -- python jobs/train.py jobs/configs/demo-rnn.yaml --set train.steps=200
+    ray job submit --working-dir . -- python jobs/train.py jobs/configs/demo-rnn.yaml \
+        --set train.storage_path=s3://my-bucket/creagen-runs     # prints: bundle: s3://.../<run>/bundle
 
-Inside a job RAY_ADDRESS points at the cluster, so training joins it. Data sources are read where
-the job runs: relative paths resolve inside the job's copy of the working dir, so pass absolute
-paths (or paths on a shared mount) with --set data.source=... for files outside the repository.
+Inside a job RAY_ADDRESS points at the cluster, so training joins it. The job's working dir is a
+temporary copy: give train.storage_path as a storage URI (docs/storage.md) so data, checkpoints and
+the bundle outlive the job. Data sources are read where the job runs: relative paths resolve inside
+that copy, so pass URIs or absolute paths (or paths on a shared mount) with --set data.source=...
 """
 
 import sys
