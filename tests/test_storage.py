@@ -129,7 +129,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def creagen(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def creagen(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
     """Run `creagen ARGS` (this venv's console script) and capture its output."""
     return subprocess.run(
         [str(Path(sys.executable).with_name("creagen")), *args],
