@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Callable
 
-from creagen_ray.config import ConfigError, config_schema, dump_config, load_config, read_config, validate_config
+from creagen_ray.config import ConfigError, ImageRequest, TextRequest, config_schema, dump_config, load_config, read_config, validate_config
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -194,6 +194,54 @@ def version_string() -> str:
     return f"creagen-ray {__version__} (ray {v('ray')}, torch {v('torch')}, python {sys.version.split()[0]})"
 
 
+def field_help(model: type, name: str, text: str = "") -> str:
+    """A flag's help from a pydantic field: its description (or `text`) and its range, e.g. `0 <= x <= 10`."""
+    info = model.model_fields[name]
+    bounds = {}
+    for m in info.metadata:
+        for k in ("ge", "gt", "le", "lt", "max_length"):
+            if getattr(m, k, None) is not None:
+                bounds[k] = getattr(m, k)
+    lo = f"{bounds['ge']} <= " if "ge" in bounds else f"{bounds['gt']} < " if "gt" in bounds else ""
+    hi = f" <= {bounds['le']}" if "le" in bounds else f" < {bounds['lt']}" if "lt" in bounds else ""
+    rng = f"range {lo}x{hi}" if lo or hi else f"at most {bounds['max_length']} chars" if "max_length" in bounds else ""
+    parts = [p for p in (text or info.description, rng) if p]
+    return "; ".join(parts)
+
+
+EXAMPLES = {
+    "config": "creagen config show jobs/configs/demo-rnn.yaml --set optimizer.lr=3e-3",
+    "prepare": "creagen prepare jobs/configs/demo-vae.yaml",
+    "train": "creagen train jobs/configs/demo-rnn.yaml --set train.steps=200 --tracking mlflow",
+    "tune": "creagen tune jobs/configs/demo-tune.yaml",
+    "generate": 'creagen generate runs/demo/bundles/rnn --prompt "def " --temperature 0.8 --top-p 0.9\n'
+    "  creagen generate runs/demo/bundles/gan --n 16 --seed 0 --out grid.png",
+    "inspect": "creagen inspect grid.png",
+    "serve": "creagen serve runs/demo/bundles      # then open http://127.0.0.1:8000/",
+    "demo": "creagen demo --out runs/demo",
+    "sign": "creagen sign runs/demo/bundles/* --key-file signing.key",
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the example's line breaks and appends each flag's default (when it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, "", False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _document_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Every subcommand's --help: its one-line help as description, an example, flag defaults."""
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, p in sub.choices.items():
+        p.formatter_class = _HelpFormatter
+        p.description = p.description or (helps.get(name) or "").capitalize()
+        if name in EXAMPLES and not p.epilog:
+            p.epilog = "example:\n  " + EXAMPLES[name]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (also what --help prints)."""
     parser = argparse.ArgumentParser(
@@ -236,13 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="base URL of a running `creagen serve`")
     p.add_argument("--model", help="model id on the server")
     _secret_args(p, "sent as X-API-Key")
-    p.add_argument("--prompt", default="")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--n", type=int, default=16, help="images (or text samples) to generate")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--prompt", default="", help=field_help(TextRequest, "prompt", "text to continue"))
+    p.add_argument("--max-new-tokens", type=int, default=200, help=field_help(TextRequest, "max_new_tokens", "characters to add"))
+    p.add_argument("--temperature", type=float, default=1.0, help=field_help(TextRequest, "temperature"))
+    p.add_argument("--top-k", type=int, default=None, help=field_help(TextRequest, "top_k", "keep the k likeliest tokens; off when unset"))
+    p.add_argument("--top-p", type=float, default=None, help=field_help(TextRequest, "top_p", "nucleus mass; off when unset"))
+    p.add_argument("--n", type=int, default=16, help=field_help(ImageRequest, "n", "images (or text samples) to generate"))
+    p.add_argument("--seed", type=int, default=None, help=field_help(ImageRequest, "seed", "same seed, same output; drawn (and recorded in the PNG) when unset"))
     p.add_argument("--out", default="samples.png", help="PNG grid path for images")
     p.set_defaults(func=cmd_generate)
 
@@ -251,7 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the provenance record of a generated PNG",
         description="Print the provenance text chunks of a PNG (generator, model, bundle sha256, seed, "
         "parameters, synthetic marker) as JSON. Exit 1 when the PNG carries no creagen-ray record.",
-        epilog="example: creagen inspect grid.png",
     )
     p.add_argument("file", help="a PNG written by creagen generate, the server, or creagen_ray.load()")
     p.set_defaults(func=cmd_inspect)
@@ -280,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", nargs="+", default=demos, choices=demos, help="default: every family with a demo config")
     p.add_argument("--steps", type=int, default=None, help="override training steps per family")
     p.set_defaults(func=cmd_demo)
+    _document_subcommands(sub)
     return parser
 
 

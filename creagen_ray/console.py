@@ -15,6 +15,14 @@ import os
 import warnings
 
 LEVEL_ENV = "CREAGEN_RAY_LOG_LEVEL"
+# Warnings Ray prints on every local start that ask nothing of the user (hidden unless --verbose).
+KNOWN_HARMLESS = ("Token authentication is enabled for this Ray cluster",)
+
+
+class _DropKnownHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(k in msg for k in KNOWN_HARMLESS)
 
 
 def configure(verbose: bool) -> None:
@@ -23,8 +31,12 @@ def configure(verbose: bool) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     level = "INFO" if verbose else "WARNING"
     os.environ[LEVEL_ENV] = level
+    os.environ["RAY_DATA_LOG_LEVEL"] = level  # Ray Data configures its own "ray.data" logger on import
     logging.getLogger("ray").setLevel(level)
     if not verbose:
+        for handler in logging.getLogger("ray").handlers:  # handler filters see the child loggers' records
+            if not any(isinstance(f, _DropKnownHarmless) for f in handler.filters):
+                handler.addFilter(_DropKnownHarmless())
         for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=r"ray(\.|$)")
 

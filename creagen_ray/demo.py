@@ -7,6 +7,7 @@ builtin:shapes images for the VAE and the GAN: nothing is downloaded, ../shared 
     rnn_samples.txt        text continuations of a few prompts
     vae_samples.png        64 images from the prior; vae_interpolation.png a latent walk
     gan_samples.png        64 generated images;      gan_interpolation.png a latent walk
+    gallery.md             the samples above on one page (README shows a committed copy)
     metrics.json           per family: final metrics, first/last train loss, wall time, bundle path
     <family>_log.jsonl     every report of every rank (MetricsLogCallback)
     bundles/<family>       the verified bundles (`creagen generate` / `creagen serve` take them)
@@ -66,6 +67,25 @@ def write_samples(family: str, bundle: Any, out_dir: Path) -> list[Path]:
     return [samples, walk]
 
 
+def write_gallery(out: Path, summary: dict[str, Any]) -> Path:
+    """gallery.md in the demo folder: each family's grid, interpolation strip or text samples, with its metric."""
+    lines = ["# creagen demo gallery", "", "Made by `make demo` (`creagen demo`); every PNG carries its provenance "
+             "(`creagen inspect FILE.png`).", ""]
+    for family, info in summary.items():
+        if not isinstance(info, dict):
+            continue
+        lines += [f"## {family}", "", f"trained {info['wall_s']} s; final metrics: "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in sorted(info["metrics"].items()) if k.startswith("val_") and isinstance(v, float)), ""]
+        for f in map(Path, info["samples"]):
+            if f.suffix == ".png":
+                lines += [f"![{f.stem}]({f.name})", ""]
+            else:
+                lines += ["```text", f.read_text(encoding="utf-8")[:1500].rstrip(), "```", ""]
+    path = out / "gallery.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def run_demo(out_dir: str = "runs/demo", families: list[str] | None = None, steps: int | None = None) -> int:
     """Train each family briefly on embedded data with Ray Train, write samples and metrics; 0 on success."""
     from creagen_ray.bundle import load_bundle
@@ -103,6 +123,7 @@ def run_demo(out_dir: str = "runs/demo", families: list[str] | None = None, step
         val = {k: round(v, 4) for k, v in result.metrics.items() if k == bundle.family.val_metric}
         print(f"== {family}: done in {wall:.0f} s  {val}  samples: {', '.join(f.name for f in files)}", flush=True)
     summary["total_wall_s"] = round(time.perf_counter() - t_all, 1)
+    write_gallery(out, summary)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
     print(f"demo finished in {summary['total_wall_s']:.0f} s; samples and metrics.json in {out}")
     print(f"serve the generators: creagen serve {out / 'bundles'}")

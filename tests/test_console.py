@@ -31,3 +31,18 @@ def test_verbose_flag_controls_ray_log_level(monkeypatch: pytest.MonkeyPatch) ->
         assert ray_log_level() == "INFO" and logging.getLogger("ray.train").isEnabledFor(logging.INFO)
     finally:
         logging.getLogger("ray").setLevel(old)
+
+
+def test_every_subcommand_help_has_description_example_and_ranges() -> None:
+    """--help of each subcommand: a description, an example; generate's sampling flags show their ranges."""
+    from creagen_ray.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert p.description and "example:\n  creagen " + name in text, name
+    gen = sub.choices["generate"].format_help().replace("\n", " ")
+    gen = " ".join(gen.split())
+    assert "range 0.0 <= x <= 10.0 (default: 1.0)" in gen  # --temperature, from TextRequest's Field
+    assert "range 1 <= x <= 2048 (default: 200)" in gen and "1e-06 <= x <= 1.0" in gen
