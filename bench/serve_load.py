@@ -1,22 +1,30 @@
-"""Serving benchmark (one process run, not a test): Ray Serve vs a plain FastAPI + uvicorn process.
+"""Serving benchmark (one invocation, not a test): every serving option side by side vs plain uvicorn.
 
-    .venv/bin/python bench/serve_load.py [--seconds 4] [--port 8200]
+    .venv/bin/python bench/serve_load.py [--seconds 4] [--clients 1,8,32] [--variants all] [--kill-seconds 20]
 
-Side by side, for text (RNN, 32 new tokens) and image (GAN, 1 image per request) generation at
-1, 8 and 32 concurrent clients: p50 / p99 latency and throughput for
-  serve-batched   Serve, @serve.batch max_batch_size=32, wait 2 ms, 1 replica
-  serve-batch1    the same replica reconfigured live to max_batch_size=1
-  plain           build_api + LocalBackend under uvicorn in one process, no Ray, no batching
-then text time-to-first-token (SSE) at 1 client, and autoscaling 1 -> 2 -> 1 replicas under
-sustained load (replica counts printed over time). Models are untrained (latency does not
-depend on training) at realistic small sizes: GRU 2x512, DCGAN 64 channels on 64x64 RGB.
+Variants, each in its own process (the Serve flags must be in the environment before Ray starts):
+  plain              build_api + LocalBackend under uvicorn, one process, no Ray, no batching
+  split              proxy -> ingress -> family replica (Serve multiplexing on the family deployments)
+  split+haproxy      the same with RAY_SERVE_ENABLE_HA_PROXY=1
+  split+throughput   the same with RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+  split+both         both flags
+  colocated          proxy -> one deployment holding HTTP, bundles and batching (one hop fewer)
+  colocated+both     colocated with both flags
+For text (GRU 2x512, 32 new tokens) and image (DCGAN 64 ch, 64x64 RGB, n=1) at each client count:
+p50 / p99 latency, throughput and mean batch size (requests per model call, from /v1/stats); then
+streamed-text time to first token (p50 of sequential streams), and for the colocated variants a
+replica-kill check: 2 replicas under 8-client load, one killed with ray.kill; failed requests and
+the time until 2 replicas run again. Models are untrained (latency does not depend on training).
+Every variant gets 1 replica per deployment and 1 torch thread, like the plain server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -33,19 +41,28 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from creagen_ray.bundle import write_bundle  # noqa: E402
-from creagen_ray.config import DataConfig, DataSpec, ExperimentConfig  # noqa: E402
-from creagen_ray.families import build_family  # noqa: E402
-from creagen_ray.serving.settings import ServeConfig  # noqa: E402
-from creagen_ray.tokenizer import CharTokenizer  # noqa: E402
-
 TEXT_BODY = {"model": "rnn", "prompt": "the ", "max_new_tokens": 32}
 IMAGE_BODY = {"model": "gan", "n": 1}
-CLIENTS = (1, 8, 32)
+HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+VARIANTS: dict[str, tuple[str | None, dict[str, str]]] = {  # name -> (topology, env flags)
+    "plain": (None, {}),
+    "split": ("split", {}),
+    "split+haproxy": ("split", HAPROXY),
+    "split+throughput": ("split", THROUGHPUT),
+    "split+both": ("split", {**HAPROXY, **THROUGHPUT}),
+    "colocated": ("colocated", {}),
+    "colocated+both": ("colocated", {**HAPROXY, **THROUGHPUT}),
+}
 
 
 def make_bundles(root: Path) -> None:
     """An untrained GRU text bundle and an untrained DCGAN image bundle."""
+    from creagen_ray.bundle import write_bundle
+    from creagen_ray.config import DataConfig, DataSpec, ExperimentConfig
+    from creagen_ray.families import build_family
+    from creagen_ray.tokenizer import CharTokenizer
+
     tok = CharTokenizer.fit("abcdefghijklmnopqrstuvwxyz .,\n")
     cfg = ExperimentConfig(data=DataConfig(modality="text"), model={"family": "rnn", "hidden_size": 512, "num_layers": 2})
     write_bundle(build_family(cfg, DataSpec(modality="text", vocab_size=tok.vocab_size), tokenizer=tok), root / "rnn")
@@ -66,8 +83,18 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def secs(x: float | None) -> str:
+    """Seconds to one decimal, or 'never' (within the check's window)."""
+    return "never" if x is None else f"{x:.1f} s"
+
+
+def uptime() -> str:
+    """The load average line of `uptime` (logged beside every number)."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 async def load(url: str, path: str, body: dict, clients: int, seconds: float) -> dict[str, float]:
-    """`clients` closed-loop clients for `seconds`: p50/p99 latency (ms) and throughput (req/s)."""
+    """`clients` closed-loop clients for `seconds`: p50/p99 latency (ms), throughput (req/s), errors."""
     lat: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
@@ -79,8 +106,12 @@ async def load(url: str, path: str, body: dict, clients: int, seconds: float) ->
             nonlocal errors
             while time.perf_counter() < end:
                 t = time.perf_counter()
-                r = await c.post(path, json=body)
-                if r.status_code == 200:
+                try:
+                    r = await c.post(path, json=body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
                     lat.append(time.perf_counter() - t)
                 else:
                     errors += 1
@@ -91,132 +122,218 @@ async def load(url: str, path: str, body: dict, clients: int, seconds: float) ->
     return {"p50": 1000 * pct(lat, 0.5), "p99": 1000 * pct(lat, 0.99), "rps": len(lat) / elapsed, "n": len(lat), "err": errors}
 
 
-async def ttft(url: str, requests: int = 20) -> list[float]:
-    """Time to the first SSE event (ms) of sequential streaming text requests."""
+async def ttft(url: str, requests: int) -> float:
+    """p50 time (ms) to the first SSE event of sequential streaming text requests (200 new tokens)."""
     out = []
     async with httpx.AsyncClient(base_url=url, timeout=120) as c:
         for i in range(requests + 1):
             t = time.perf_counter()
-            async with c.stream("POST", "/v1/text/generate", json={**TEXT_BODY, "max_new_tokens": 200, "stream": True, "seed": i}) as r:
+            body = {**TEXT_BODY, "max_new_tokens": 200, "stream": True, "seed": i}
+            async with c.stream("POST", "/v1/text/generate", json=body) as r:
                 first = None
                 async for line in r.aiter_lines():  # read to the end: the server finishes each stream
                     if first is None and line.startswith("data:"):
                         first = 1000 * (time.perf_counter() - t)
                 if i and first is not None:  # the first request warms up
                     out.append(first)
+    return statistics.median(out) if out else float("nan")
+
+
+def batch_counts(url: str) -> dict[str, dict[int, int]]:
+    """{kind: {requests per batch: batches}} summed over the families' replicas (empty for plain)."""
+    stats = httpx.get(f"{url}/v1/stats", timeout=60).json()
+    out: dict[str, dict[int, int]] = {"text": {}, "image": {}}
+    for fam in stats.get("families", {}).values():
+        for kind, sizes in fam["batch_sizes"].items():
+            for k, v in sizes.items():
+                out[kind][int(k)] = out[kind].get(int(k), 0) + v
     return out
 
 
-def table(name: str, url: str, seconds: float, results: dict) -> None:
-    """Run text and image load at each client count; print and keep the rows."""
+def mean_batch(before: dict[int, int], after: dict[int, int]) -> float:
+    """Mean requests per batch between two batch_counts snapshots (1.0 when no batching happened)."""
+    new = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    return sum(k * v for k, v in new.items()) / sum(new.values()) if new else 1.0
+
+
+def measure(url: str, clients: list[int], seconds: float, streams: int) -> dict:
+    """Every load point, the mean batch per point, and TTFT, against a running server."""
+    rows = {}
     for kind, path, body in (("text", "/v1/text/generate", TEXT_BODY), ("image", "/v1/images/generate", IMAGE_BODY)):
-        for c in CLIENTS:
+        for c in clients:
+            before = batch_counts(url)[kind]
             r = asyncio.run(load(url, path, body, c, seconds))
-            results[(name, kind, c)] = r
-            print(f"{name:15s} {kind:5s} clients={c:2d}  p50={r['p50']:8.1f} ms  p99={r['p99']:8.1f} ms  "
-                  f"{r['rps']:7.1f} req/s  (n={r['n']}, errors={r['err']})", flush=True)
+            r["batch"] = mean_batch(before, batch_counts(url)[kind])
+            rows[f"{kind}/{c}"] = r
+            print(f"  {kind:5s} clients={c:2d}  p50={r['p50']:8.1f} ms  p99={r['p99']:8.1f} ms  {r['rps']:7.1f} req/s  "
+                  f"batch={r['batch']:5.1f}  (n={r['n']}, errors={r['err']})", flush=True)
+    rows["ttft_ms"] = asyncio.run(ttft(url, streams))
+    print(f"  text TTFT p50 {rows['ttft_ms']:.1f} ms", flush=True)
+    return rows
 
 
-def replicas(app: str = "creagen", deployment: str = "gan") -> int:
-    """RUNNING replicas of a deployment now."""
+def running_replicas(deployment: str) -> int:
+    """RUNNING replicas of a deployment of the app now."""
     from ray import serve
 
-    status = serve.status().applications[app].deployments[deployment]
+    status = serve.status().applications["creagen"].deployments[deployment]
     return sum(n for state, n in status.replica_states.items() if getattr(state, "value", state) == "RUNNING")
 
 
-def autoscaling(url: str, seconds: float) -> None:
-    """Sustained 32-client image load for `seconds`, then idle; print the gan replica count over time."""
-    async def sustained() -> None:
-        await load(url, "/v1/images/generate", {**IMAGE_BODY, "n": 4}, 32, seconds)
+def kill_check(url: str, seconds: float) -> dict:
+    """2 replicas under 8-client text load; ray.kill one; failures after the kill and seconds to 2 again."""
+    import ray
 
-    async def watch(until: float, label: str) -> None:
-        while time.perf_counter() < until:
-            print(f"  t={time.perf_counter() - t0:5.1f}s  {label:5s}  gan replicas={replicas()}", flush=True)
-            await asyncio.sleep(2)
+    def replica_names() -> dict[str, str]:
+        return {a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if "SERVE_REPLICA::creagen#ingress" in a["name"]}
 
-    async def main() -> None:
-        end = time.perf_counter() + seconds
-        await asyncio.gather(sustained(), watch(end, "load"))
-        await watch(time.perf_counter() + seconds, "idle")
+    victim_name, namespace = sorted(replica_names().items())[0]
+    victim = ray.get_actor(victim_name, namespace=namespace)
 
-    t0 = time.perf_counter()
-    asyncio.run(main())
+    async def main() -> dict:
+        task = asyncio.create_task(load(url, "/v1/text/generate", {**TEXT_BODY, "max_new_tokens": 8}, 8, seconds))
+        await asyncio.sleep(1.0)
+        t0 = time.perf_counter()
+        ray.kill(victim, no_restart=True)
+        back = None
+        while back is None and time.perf_counter() - t0 < seconds + 60:
+            await asyncio.sleep(0.5)
+            names = replica_names()  # replaced: a new replica actor, and Serve counts 2 RUNNING
+            if victim_name not in names and len(names) >= 2 and running_replicas("ingress") >= 2:
+                back = time.perf_counter() - t0
+        r = await task
+        return {"failed": r["err"], "ok": r["n"], "replaced_s": back}
+
+    out = asyncio.run(main())
+    print(f"  replica kill under load: {out['failed']} failed of {out['failed'] + out['ok']}, "
+          f"2 replicas again after {secs(out['replaced_s'])}", flush=True)
+    return out
 
 
-def main() -> None:
-    """Run every phase and print the ratios against the targets."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seconds", type=float, default=4.0, help="per load point")
-    p.add_argument("--autoscale-seconds", type=float, default=45.0)
-    args = p.parse_args()
+def run_variant(name: str, store: Path, args: argparse.Namespace) -> dict:
+    """One variant, in this process: start the server, measure, stop."""
+    topology, _ = VARIANTS[name]
+    clients = [int(c) for c in args.clients.split(",")]
+    from creagen_ray.serving.settings import ServeConfig
+
+    cfg = ServeConfig(bundles=[str(store)])
+    if topology is None:
+        import torch
+
+        from creagen_ray.serving.plain import PlainServer
+
+        torch.set_num_threads(1)
+        with PlainServer(cfg, free_port()) as url:
+            return measure(url, clients, args.seconds, args.streams)
+
     import ray
     from ray import serve
 
     from creagen_ray.serving.app import build_app
 
+    one = {"autoscaling": {"min_replicas": 1, "max_replicas": 1}, "num_cpus": 0.5}
+    cfg = ServeConfig(bundles=[str(store)], topology=topology, ingress=one if topology == "colocated" else {},
+                      families={"rnn": one, "gan": one})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+        t = time.perf_counter()
+        serve.run(build_app(cfg), name="creagen", route_prefix="/")
+        print(f"  serve.run {time.perf_counter() - t:.1f} s", flush=True)
+        url = f"http://127.0.0.1:{port}"
+        rows = measure(url, clients, args.seconds, args.streams)
+        if topology == "colocated" and args.kill_seconds > 0:
+            two = {**one, "autoscaling": {"min_replicas": 2, "max_replicas": 2}}
+            serve.run(build_app(cfg.model_copy(update={"ingress": cfg.ingress.model_validate(two)})), name="creagen",
+                      route_prefix="/")
+            rows["kill"] = kill_check(url, args.kill_seconds)
+        return rows
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def fmt_table(results: dict, clients: list[int]) -> str:
+    """A markdown table: one row per variant, ratios against plain."""
+    plain = results.get("plain")
+    head = ["variant"]
+    for kind in ("text", "image"):
+        head += [f"{kind} p50/p99 ms c={c}" for c in clients] + [f"{kind} req/s c={clients[-1]} (batch)"]
+    head += ["TTFT p50 ms", "replica kill"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:80]} |")
+            continue
+        cells = [name]
+        for kind in ("text", "image"):
+            cells += [f"{r[f'{kind}/{c}']['p50']:.0f} / {r[f'{kind}/{c}']['p99']:.0f}" for c in clients]
+            top = r[f"{kind}/{clients[-1]}"]
+            ratio = f" {top['rps'] / plain[f'{kind}/{clients[-1]}']['rps']:.2f}x" if plain and "error" not in plain else ""
+            cells.append(f"{top['rps']:.1f}{ratio} ({top['batch']:.1f})")
+        cells.append(f"{r['ttft_ms']:.1f}")
+        k = r.get("kill")
+        cells.append(f"{k['failed']} failed of {k['failed'] + k['ok']}, replaced in {secs(k['replaced_s'])}" if k else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run every variant in its own process and print one table with ratios against plain."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=4.0, help="per load point")
+    p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--streams", type=int, default=10, help="sequential streams for TTFT")
+    p.add_argument("--kill-seconds", type=float, default=20.0, help="load window of the replica-kill check (0: skip)")
+    p.add_argument("--variants", default="all", help=f"comma-separated, from {','.join(VARIANTS)}")
+    p.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--store", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.variant:  # child: one variant, JSON to --out
+        try:
+            result = run_variant(args.variant, Path(args.store), args)
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            result = {"error": f"{type(e).__name__}: {e}"}
+        Path(args.out).write_text(json.dumps(result))
+        return
+
+    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     store = Path(tempfile.mkdtemp(prefix="creagen-bench-"))
     make_bundles(store)
     results: dict = {}
-
-    # -- plain baseline (its own process, 1 torch thread like a replica) --------------------------
-    plain_port = free_port()
-    plain = subprocess.Popen([sys.executable, "-m", "creagen_ray.serving.plain", str(store), "--port", str(plain_port)])
-    try:
-        plain_url = f"http://127.0.0.1:{plain_port}"
-        for _ in range(600):
-            try:
-                if httpx.get(f"{plain_url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        table("plain", plain_url, args.seconds, results)
-        plain_ttft = asyncio.run(ttft(plain_url))
-    finally:
-        plain.terminate()
-        plain.wait()
-
-    # -- Serve, one replica per family: batched, then batch size 1 --------------------------------
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    one = {"autoscaling": {"min_replicas": 1, "max_replicas": 1}, "batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.002},
-           "num_cpus": 0.5}
-    serve.run(build_app(ServeConfig(bundles=[str(store)], families={"rnn": one, "gan": one})), name="creagen", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    table("serve-batched", url, args.seconds, results)
-    for fam, st in httpx.get(f"{url}/v1/stats").json()["families"].items():
-        sizes = {int(k): v for kind in st["batch_sizes"].values() for k, v in kind.items()}
-        mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
-        print(f"  {fam}: batches {sum(sizes.values())}, mean size {mean:.1f}, max {max(sizes, default=0)}", flush=True)
-    serve_ttft = asyncio.run(ttft(url))
-    for fam in ("rnn", "gan"):  # what a new user_config does on each replica
-        serve.get_deployment_handle(fam, app_name="creagen").reconfigure.remote({"max_batch_size": 1, "batch_wait_timeout_s": 0.0}).result()
-    table("serve-batch1", url, args.seconds, results)
-
-    # -- autoscaling 1 -> 2 -> 1 ------------------------------------------------------------------
-    scaling = {"autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 2,
-                               "downscale_delay_s": 5}, "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}, "num_cpus": 0.5}
-    serve.run(build_app(ServeConfig(bundles=[str(store)], families={"rnn": one, "gan": scaling})), name="creagen", route_prefix="/")
-    print("autoscaling (gan: min 1, max 2, target 2 ongoing requests per replica):", flush=True)
-    autoscaling(url, args.autoscale_seconds)
-    serve.shutdown()
-    ray.shutdown()
-
-    # -- summary ----------------------------------------------------------------------------------
-    def ratio(a: float, b: float) -> str:
-        return f"{a / b:.2f}x" if b else "n/a"
-
-    b, u = results[("serve-batched", "image", 32)], results[("serve-batch1", "image", 32)]
-    print("\nsummary")
-    print(f"  image throughput at 32 clients, batched / batch-1: {ratio(b['rps'], u['rps'])}  (target >= 4x)")
-    bt, ut = results[("serve-batched", "text", 32)], results[("serve-batch1", "text", 32)]
-    print(f"  text throughput at 32 clients, batched / batch-1:  {ratio(bt['rps'], ut['rps'])}")
-    for kind in ("text", "image"):
-        s, pl = results[("serve-batched", kind, 1)], results[("plain", kind, 1)]
-        print(f"  {kind} p50 at 1 client, Serve / plain: {s['p50']:.1f} / {pl['p50']:.1f} ms = {ratio(s['p50'], pl['p50'])}  (target <= 1.5x)")
-    print(f"  text time-to-first-token p50: Serve {statistics.median(serve_ttft):.1f} ms, plain {statistics.median(plain_ttft):.1f} ms  (target <= 50 ms)")
+    for name in names:
+        out = store / f"{name}.json"
+        env = {**os.environ, **VARIANTS[name][1]}
+        print(f"== {name}  [{uptime()}]", flush=True)
+        cmd = [sys.executable, __file__, "--variant", name, "--store", str(store), "--out", str(out),
+               "--seconds", str(args.seconds), "--clients", args.clients, "--streams", str(args.streams),
+               "--kill-seconds", str(args.kill_seconds)]
+        child = subprocess.Popen(cmd, env=env, start_new_session=True)
+        try:
+            child.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        results[name] = json.loads(out.read_text()) if out.exists() else {"error": f"exit {child.returncode}"}
+    clients = [int(c) for c in args.clients.split(",")]
+    print(f"\n[{uptime()}]\n" + fmt_table(results, clients))
+    plain = results.get("plain", {})
+    if "error" not in plain and plain:
+        c = clients[-1]
+        print("\ntargets (vs plain):")
+        for name, r in results.items():
+            if name == "plain" or "error" in r:
+                continue
+            print(f"  {name:17s} text c={c}: {r[f'text/{c}']['rps'] / plain[f'text/{c}']['rps']:.2f}x (>=3x), "
+                  f"batch {r[f'text/{c}']['batch']:.1f} (>=8); image c={c}: "
+                  f"{r[f'image/{c}']['rps'] / plain[f'image/{c}']['rps']:.2f}x (>=1x); p50 c=1 text "
+                  f"{r['text/1']['p50'] / plain['text/1']['p50']:.2f}x (<=1.3x), image "
+                  f"{r['image/1']['p50'] / plain['image/1']['p50']:.2f}x (<=1.8x); TTFT {r['ttft_ms']:.1f} ms (<=10)")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,14 @@
-"""Import target of `serve run serve/config.yaml` and `serve deploy serve/config.yaml`.
+"""Compatibility import target: `serve run serve.app:app_builder bundles=DIR[,DIR]` from the repo root.
 
-The deployments live in creagen_ray/serving/app.py (importable from the installed package);
-this file only turns the config's `args` (a ServeConfig) into the application.
+The application lives in the installed package, so it works from any directory:
 
-    serve run serve/config.yaml                      # from the repository root
-    serve run serve.app:app_builder bundles=runs/demo/bundles
+    serve run serve/config.yaml
+    serve run creagen_ray.serving.app:app_builder bundles=runs/demo/bundles
+    CREAGEN_BUNDLES=runs/demo/bundles serve build creagen_ray.serving.app:app -o built.yaml
 """
 
 from __future__ import annotations
 
-from ray.serve import Application
+from creagen_ray.serving.app import app_builder
 
-from creagen_ray.serving.app import build_app
-from creagen_ray.serving.settings import ServeConfig
-
-
-def app_builder(args: ServeConfig) -> Application:
-    """Serve application builder: Ray validates `args` into a ServeConfig, we build the app."""
-    return build_app(args)
+__all__ = ["app_builder"]

@@ -126,6 +126,6 @@ def test_rayservice_is_rendered_from_serve_config() -> None:
     source = yaml.safe_load((ROOT / "serve/config.yaml").read_text())
     assert serve_cfg["http_options"]["host"] == "0.0.0.0"
     for app, src in zip(serve_cfg["applications"], source["applications"], strict=True):
-        assert app["import_path"] == src["import_path"] == "serve.app:app_builder"
+        assert app["import_path"] == src["import_path"] == "creagen_ray.serving.app:app_builder"
         assert {k: v for k, v in app["args"].items() if k != "bundles"} == {k: v for k, v in src["args"].items() if k != "bundles"}
         assert ServeConfig.model_validate(app["args"]).bundles == [BUNDLES]

@@ -1,6 +1,7 @@
 """Ray Serve end to end on loopback: three real bundles, real HTTP (httpx), one deployment per module.
 
-Checks: every endpoint's content (PNG sizes, vocab), seeded reproducibility, SSE streaming that
+The split topology (ingress -> one deployment per family); tests/test_serve_scale.py covers the
+default colocated one. Checks: every endpoint's content (PNG sizes, vocab), seeded reproducibility, SSE streaming that
 starts before generation ends, dynamic batching under 16 concurrent clients, and 4xx (never 5xx)
 for bad input, with the service still answering afterwards.
 """
@@ -92,7 +93,10 @@ def url(ray_cluster, store: Path):
         "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
         "num_cpus": 0.25,
     }
-    cfg = ServeConfig(bundles=[str(store)], api_key=API_KEY, max_body_bytes=256 * 1024, families={"rnn": family, "vae": family, "gan": family})
+    cfg = ServeConfig(
+        bundles=[str(store)], topology="split", api_key=API_KEY, max_body_bytes=256 * 1024,
+        families={"rnn": family, "vae": family, "gan": family},
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="creagen", route_prefix="/")
@@ -436,7 +440,7 @@ def test_live_batch_reconfigure(url: str) -> None:
     from ray import serve
 
     handle = serve.get_deployment_handle("gan", app_name="creagen")
-    handle.reconfigure.remote({"max_batch_size": 2, "batch_wait_timeout_s": 0.05}).result()
+    handle.reconfigure.remote({"gan": {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}}).result()
     stats = httpx.get(f"{url}/v1/stats", headers={"X-API-Key": API_KEY}).json()["families"]["gan"]
     assert stats["max_batch_size"] == 2
     before = dict(stats["batch_sizes"]["image"])

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import hashlib
 import hmac
 import json
+import math
 import secrets
 from collections import Counter
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Protocol
+from typing import Any, AsyncIterator, Awaitable, Literal, Protocol
 
 import torch
 from fastapi import FastAPI, Request
@@ -32,6 +34,8 @@ from creagen_ray.provenance import provenance, with_png_text
 from creagen_ray.serving.settings import ServeConfig
 from creagen_ray.serving.store import MODEL_ID_PATTERN, BundleStore, ModelInfo, StoreError
 
+DEADLINE_HEADER = "X-Request-Timeout"  # seconds; a client may shorten (never extend) its deadline
+_client_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("client_deadline", default=None)
 OPEN_PATHS = frozenset({"/", "/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})  # "/": the playground page
 PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
 UPLOAD_SIDE_FACTOR = 8  # an uploaded image may be at most this many times the model's image size per side
@@ -173,6 +177,27 @@ class CapabilityError(ValueError):
     """The endpoint is valid but this model's family cannot answer it (HTTP 400)."""
 
 
+class Overloaded(RuntimeError):
+    """Past the serving queue bound (HTTP 503 with Retry-After): try again later."""
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request ran past `request_timeout_s` (HTTP 504); its work was cancelled."""
+
+
+def cost_cap(fields: tuple[str, str], values: tuple[int, int], cap: int, what: str) -> None:
+    """422 naming both fields when their product (the work of one request) exceeds `cap`."""
+    if values[0] * values[1] > cap:
+        msg = f"{fields[0]} x {what} = {values[0]} x {values[1]} = {values[0] * values[1]} exceeds the cap {cap}"
+        raise RequestValidationError([
+            {"type": "value_error", "loc": ("body", f), "msg": msg, "input": v} for f, v in zip(fields, values)
+        ])
+
+
 def record_of(info: ModelInfo, req: BaseModel) -> dict[str, str]:
     """The provenance record of one request to one model (see creagen_ray/provenance.py)."""
     params = req.model_dump(exclude={"seed", "prompt"})  # the prompt is the user's: not echoed
@@ -215,6 +240,37 @@ async def _reply(send: Any, status: int, detail: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class DeadlineMiddleware:
+    """Reads the optional X-Request-Timeout header (seconds > 0) into this request's context; bad -> 400."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        raw = dict(scope.get("headers") or []).get(DEADLINE_HEADER.lower().encode())
+        value = None
+        if raw is not None:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if not 0 < value < float("inf"):
+                return await _reply(send, 400, f"{DEADLINE_HEADER} must be a positive number of seconds")
+        token = _client_deadline.set(value)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            _client_deadline.reset(token)
+
+
+def deadline_s(config: ServeConfig) -> float:
+    """This request's deadline: the config's, or the client's X-Request-Timeout when shorter."""
+    client = _client_deadline.get()
+    return config.request_timeout_s if client is None else min(client, config.request_timeout_s)
 
 
 class GuardMiddleware:
@@ -338,6 +394,28 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         """The playground page: plain HTML + JS over this API (no build step, no external assets)."""
         return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
 
+    @api.exception_handler(Overloaded)
+    async def _overloaded(_: Request, e: Overloaded) -> JSONResponse:
+        retry = {"Retry-After": str(max(0, math.ceil(e.retry_after_s)))}
+        return JSONResponse({"detail": f"server busy, retry later: {e}"}, status_code=503, headers=retry)
+
+    @api.exception_handler(DeadlineExceeded)
+    async def _deadline(_: Request, e: DeadlineExceeded) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=504)
+
+    async def within(work: Awaitable[Any]) -> Any:
+        """Await `work` under the per-request deadline; past it cancel the work and answer 504."""
+        limit = deadline_s(config)
+        try:
+            async with asyncio.timeout(limit):
+                return await work
+        except TimeoutError:
+            raise DeadlineExceeded(f"request exceeded its {limit:g} s deadline") from None
+
+    def pixels(info: ModelInfo) -> int:
+        size = int(info.spec.get("image_size", 0))
+        return size * size
+
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness: answers while the ingress runs."""
@@ -365,15 +443,18 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
             if bad:
                 raise field_error("prompt", f"characters not in the model's vocabulary: {bad[:10]}", body.prompt[:64])
         req: TextRequest = seeded(request_of(body, TextRequest))
+        cost_cap(("n", "max_new_tokens"), (req.n, req.max_new_tokens), config.max_request_tokens, "max_new_tokens")
         record = record_of(info, req)
         if not body.stream:
-            texts = await backend.generate(info.id, req)
+            texts = await within(backend.generate(info.id, req))
             body_out = TextResponse(model=info.id, texts=texts, provenance=record)
             return JSONResponse(body_out.model_dump(), headers=provenance_headers(record))
         if req.n != 1:
             raise field_error("n", "stream=true produces one sample; use n=1", req.n)
         return StreamingResponse(
-            _events(backend.stream(info.id, req)), media_type="text/event-stream", headers=provenance_headers(record)
+            _events(backend.stream(info.id, req), deadline_s(config)),
+            media_type="text/event-stream",
+            headers=provenance_headers(record),
         )
 
     @api.post("/v1/images/generate", responses=IMAGE_OK)
@@ -381,8 +462,9 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         """n images from the prior: a PNG grid, or base64 PNGs in JSON."""
         info = store.get(body.model)
         require(info, "image")
+        cost_cap(("n", "model"), (body.n, pixels(info)), config.max_request_pixels, "pixels per image")
         req = seeded(request_of(body, ImageRequest))
-        images = await backend.generate(info.id, req)
+        images = await within(backend.generate(info.id, req))
         return await asyncio.to_thread(image_response, info.id, images, body.format, None, record_of(info, req))
 
     @api.post("/v1/images/interpolate", responses=IMAGE_OK)
@@ -390,8 +472,9 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         """A latent walk (VAE, GAN) between two seeds' draws, as one row of a PNG or JSON."""
         info = store.get(body.model)
         require(info, "interpolate")
+        cost_cap(("steps", "model"), (body.steps, pixels(info)), config.max_request_pixels, "pixels per image")
         req = request_of(body, InterpolateRequest)
-        images = await backend.generate(info.id, req)
+        images = await within(backend.generate(info.id, req))
         return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps, record_of(info, req))
 
     @api.post("/v1/images/reconstruct", responses=IMAGE_OK)
@@ -400,21 +483,41 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         info = store.get(body.model)
         require(info, "reconstruct")
         x = await asyncio.to_thread(decode_upload, body.image, int(info.spec["channels"]), int(info.spec["image_size"]))
-        images = await backend.reconstruct(info.id, x)
+        images = await within(backend.reconstruct(info.id, x))
         record = provenance(info.id, info.bundle_sha256, None, {"reconstruct": True})
         return await asyncio.to_thread(image_response, info.id, images, body.format, None, record)
 
+    api.add_middleware(DeadlineMiddleware)
     api.add_middleware(ClientLimitMiddleware, max_per_client=config.max_concurrent_per_client)
     api.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)  # outermost
     return api
 
 
-async def _events(pieces: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    """SSE stream: `data: {"text": ...}` per piece, then `event: done`, or `event: error`."""
+async def _events(pieces: AsyncIterator[str], deadline_s: float) -> AsyncIterator[bytes]:
+    """SSE stream: `data: {"text": ...}` per piece, then `event: done`, or `event: error`.
+
+    Past `deadline_s` the generation is cancelled and the stream ends with an error event (the
+    status line is gone by then); a reader that disconnects closes this generator, which stops
+    the generation.
+    """
+    it = aiter(pieces)
+    end = asyncio.get_running_loop().time() + deadline_s
     try:
-        async for piece in pieces:
+        while True:
+            try:  # the deadline bounds each read, never a yield (the reader's time is not ours)
+                piece = await asyncio.wait_for(anext(it), end - asyncio.get_running_loop().time())
+            except StopAsyncIteration:
+                break
             yield sse(None, {"text": piece})
+    except TimeoutError:
+        yield sse("error", {"detail": f"request exceeded its {deadline_s:g} s deadline", "status": 504})
+        return
+    except Overloaded as e:
+        yield sse("error", {"detail": f"server busy, retry later: {e}", "status": 503})
+        return
     except Exception as e:  # headers are gone: report in-band
         yield sse("error", {"detail": str(e)})
         return
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
     yield sse("done", {})

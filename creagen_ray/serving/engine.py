@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import torch
 
+from creagen_ray import storage
 from creagen_ray.bundle import Bundle, load_bundle, pinned
 from creagen_ray.config import TextRequest
 from creagen_ray.families import Family
@@ -61,8 +62,13 @@ def reconstruct(family: Family, x: torch.Tensor) -> torch.Tensor:
     return family.reconstruct(x)
 
 
-async def stream_text(family: Family, request: TextRequest) -> AsyncIterator[str]:
-    """Yield text pieces as the family produces them (one piece at the end if it cannot stream)."""
+async def stream_text(
+    family: Family, request: TextRequest, on_piece: Callable[[], None] | None = None
+) -> AsyncIterator[str]:
+    """Yield text pieces as the family produces them (one piece at the end if it cannot stream).
+
+    `on_piece` is called (in the producing thread) for every piece the model produces.
+    """
     if "stream" not in family.capabilities:
         texts = await asyncio.to_thread(family.generate, request)
         yield texts[0]
@@ -83,6 +89,8 @@ async def stream_text(family: Family, request: TextRequest) -> AsyncIterator[str
             for piece in pieces:
                 if cancelled.is_set():
                     return
+                if on_piece is not None:
+                    on_piece()
                 put(piece)
         except Exception as e:  # surfaced to the reader
             put(e)
@@ -124,9 +132,11 @@ class LocalBackend:
         """The loaded bundle for a served id (loaded on first use, least recently used evicted)."""
         async with self._lock:
             if model_id not in self._bundles:
-                path = self.store.get(model_id).path
-                digest = self.store.get(model_id).digest
-                self._bundles[model_id] = pinned(await asyncio.to_thread(load_bundle, path), digest)
+                info = self.store.get(model_id)
+                path = info.path
+                if storage.is_uri(path):  # into this node's cache, refused if changed since the scan
+                    path = await asyncio.to_thread(storage.fetch_bundle, path, info.digest)
+                self._bundles[model_id] = pinned(await asyncio.to_thread(load_bundle, path), info.digest)
                 while len(self._bundles) > self.max_models:
                     self._bundles.popitem(last=False)
             self._bundles.move_to_end(model_id)
