@@ -94,7 +94,7 @@ def test_textgan_trains_with_ddp_and_serves_seeded_text(ray_cluster, tmp_path: P
         "model.blocks=1", "train.sample_metrics=false",
     ])
     result = train(cfg, progress=False)
-    assert result.metrics["val_js4"] > 0 and result.metrics["steps"] == 10 if "steps" in result.metrics else True
+    assert 0.0 < result.metrics["val_js4"] <= 0.7  # the validation metric reached the bundle
     chars = set(result.family.tokenizer.chars)
 
     port = free_port()
