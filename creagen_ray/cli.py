@@ -14,9 +14,13 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 from typing import Callable
 
 from creagen_ray.config import ConfigError, ImageRequest, TextRequest, config_schema, dump_config, load_config, read_config, validate_config
@@ -101,7 +105,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     result = tune_from_file(args.config, args.overrides, resume=args.resume, address=args.address)
     print(result.summary())
-    return 0
+    return 130 if result.interrupted else 0  # Ctrl-C: not a finished search (no best.yaml written)
 
 
 API_KEY_ENV = "CREAGEN_API_KEY"
@@ -252,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=version_string())
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="show Ray's INFO logs and warnings (hidden by default)"
+        "-v", "--verbose", action="store_true",
+        help="show Ray's INFO logs and warnings (hidden by default) and the full traceback of a failure",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -328,7 +333,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override training steps per family")
     p.set_defaults(func=cmd_demo)
     _document_subcommands(sub)
+    for p in sub.choices.values():  # `creagen train CONFIG --verbose` as well as `creagen --verbose train ...`
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="print the full traceback of a failure (it always goes to a log file)")
     return parser
+
+
+def _known_failure(exc: BaseException) -> str | None:
+    """A one-line account of a runtime failure creagen knows (data, checkpoint, NaN, worker group); else None."""
+    from creagen_ray.bundle import BundleError
+    from creagen_ray.training.checkpoint import CheckpointError
+
+    if isinstance(exc, (CheckpointError, BundleError)):
+        return f"checkpoint/bundle: {exc}"
+    if type(exc).__name__ in ("NonFiniteLossError", "TrialDiverged"):  # no torch/Ray import just to compare
+        return f"training diverged: {exc}"
+    if "ray" in sys.modules:
+        import ray.exceptions
+        import ray.train
+
+        if isinstance(exc, ray.train.TrainingFailedError):
+            causes = getattr(exc, "worker_failures", None) or {}
+            cause = next(iter(causes.values()), exc) if isinstance(causes, dict) else exc
+            lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+            last = lines[-1] if lines else type(cause).__name__
+            return f"training failed after the allowed restarts (train.max_failures): {last[:400]}"
+        if isinstance(exc, ray.exceptions.RayError):
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            return f"Ray: {type(exc).__name__}: {(lines[-1] if lines else '')[:400]}"
+    return None
+
+
+def _write_log(command: str, text: str) -> Path:
+    """The full traceback of a failed command, in <tmp>/creagen-logs/ (the path is printed)."""
+    d = Path(tempfile.gettempdir()) / "creagen-logs"
+    d.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = d / f"{command}-{stamp}-{os.getpid()}.log"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _ray_up() -> bool:
+    """True when this process is connected to Ray (without importing Ray just to ask)."""
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def _shutdown_ray(was_up: bool) -> None:
+    """Leave no Ray runtime this command started behind (a local one stops; a joined cluster keeps running)."""
+    if not was_up and _ray_up():
+        import ray
+
+        ray.shutdown()
+
+
+def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand: 2 for a bad config, 1 with one clear line + log path for a known failure, 130 on Ctrl-C.
+
+    `--verbose` prints the traceback as well; an unknown exception keeps its traceback (a bug to report).
+    """
+    verbose = bool(getattr(args, "verbose", False))
+    command = getattr(args, "command", None) or "creagen"
+    was_up = _ray_up()  # called in-process (tests, notebooks) on a running Ray: leave that one alone
+    try:
+        return handler(args)
+    except ConfigError as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"creagen: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"creagen {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - sorted into known failures and bugs below
+        message = _known_failure(e)
+        if message is None:
+            raise
+        text = traceback.format_exc()
+        log = _write_log(command, text)
+        if verbose:
+            print(text, file=sys.stderr, end="")
+        print(f"creagen {command}: {message}\n  full traceback: {log}  (or rerun with --verbose)", file=sys.stderr)
+        return 1
+    finally:
+        _shutdown_ray(was_up)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,12 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     from creagen_ray.console import configure
 
     configure(verbose=args.verbose)
-    handler: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return handler(args)
-    except ConfigError as e:
-        print(f"creagen: {e}", file=sys.stderr)
-        return 2
+    return run_handler(args.func, args)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,10 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> N
     done_before = {t for t, s in statuses.items() if s in ("TERMINATED", "STOPPED", "ERROR")}
     # trials not started yet are not in the table of the interrupted search
     assert 1 <= len(done_before) < 4, f"the interrupt should leave trials unfinished: {statuses}"
+    # an interrupted search names no best: no best.yaml / best_bundle from a partial search
+    assert first.interrupted and first.best_config_path is None and first.bundle_path is None
+    assert not (exp_dir / "best.yaml").exists() and not (exp_dir / "best_bundle").exists()
+    assert "interrupted" in first.summary()
     rows_before = _result_rows(exp_dir)
 
     t0 = time.perf_counter()
@@ -115,6 +119,7 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> N
     t_resume = time.perf_counter() - t0
     print(f"\nfirst part {t_first:.0f} s, resume {t_resume:.0f} s\n{result.summary()}")
     df = result.table
+    assert not result.interrupted
     assert len(df) == 4 and set(df["trial_id"]) >= set(statuses)
     # finished trials were not re-run: their result counts did not grow
     rows_after = _result_rows(exp_dir)

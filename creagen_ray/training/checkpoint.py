@@ -23,7 +23,9 @@ leaves a half-written state.pt.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import posixpath
 import random
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ import torch
 FORMAT = "creagen-checkpoint/1"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -116,3 +119,40 @@ def load_ray_checkpoint(checkpoint: Any) -> dict[str, Any]:
     """Load the state of a ray.train / ray.tune Checkpoint (local or remote storage)."""
     with checkpoint.as_directory() as d:
         return load_checkpoint(d)
+
+
+def load_newest_readable(checkpoint: Any) -> tuple[dict[str, Any], Any]:
+    """(state, checkpoint it came from): `checkpoint`, else the newest readable one beside it.
+
+    Ray Train resumes from the latest checkpoint it recorded; if that one is corrupt (a truncated
+    state.pt, a deleted file), every rerun would fail on it although an older intact checkpoint
+    is usually still in the run folder (train.num_to_keep). The siblings are Ray's
+    `checkpoint_<timestamp>` folders, tried newest first; a warning names the bad one and the one
+    used. Raises the original CheckpointError when none is readable.
+    """
+    import pyarrow.fs
+    import ray.train
+
+    try:
+        return load_ray_checkpoint(checkpoint), checkpoint
+    except CheckpointError as err:
+        first = err
+    fs, bad = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(posixpath.dirname(bad), allow_not_found=True))
+    siblings = sorted(
+        (i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+         and posixpath.basename(i.path).startswith("checkpoint_") and i.path.rstrip("/") != bad),
+        reverse=True,  # Ray names them checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>: newest first
+    )
+    for path in siblings:
+        candidate = ray.train.Checkpoint(path, filesystem=fs)
+        try:
+            state = load_ray_checkpoint(candidate)
+        except CheckpointError:
+            continue
+        log.warning(
+            "the latest checkpoint %s is unreadable (%s); resuming from the newest readable one, %s (step %s)",
+            bad, first, path, state.get("step"),
+        )
+        return state, candidate
+    raise first

@@ -56,6 +56,7 @@ from creagen_ray.families import Family, build_family
 from creagen_ray.tokenizer import tokenizer_from_dict
 from creagen_ray.training.checkpoint import (
     capture_rng,
+    load_newest_readable,
     load_ray_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -232,7 +233,7 @@ def _restore(family: Family, config: dict[str, Any], rank: int, world: int) -> d
     explicit = config.get("resume_from")
     seed_path = str(explicit.path) if explicit is not None else None
     own = ray.train.get_checkpoint()
-    state = load_ray_checkpoint(own) if own is not None else None
+    state = load_newest_readable(own)[0] if own is not None else None  # a corrupt latest: an older one
     if state is not None and explicit is not None and state.get("seeded_from") != seed_path:
         state = None  # our own checkpoint predates the explicit one we were given now
     source = "own"

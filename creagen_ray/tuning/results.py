@@ -194,6 +194,7 @@ class TuneResult:
     best_trial_id: str | None
     seconds: float
     dims: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False  # trials left unfinished (Ctrl-C): no best.yaml / best_bundle written
 
     def summary(self) -> str:
         """The ranked table, the best config and bundle paths (what `creagen tune` prints last)."""
@@ -208,6 +209,9 @@ class TuneResult:
             f"bundle: {self.bundle_path}",
         ]
         unfinished = int(self.table["status"].isin(["RUNNING", "PENDING", "PAUSED"]).sum()) if len(self.table) else 0
-        if unfinished:
-            out.append(f"interrupted: {unfinished} trials unfinished; continue with `creagen tune CONFIG --resume`")
+        if self.interrupted:
+            out.append(
+                f"interrupted: {unfinished} trial(s) unfinished, others not started; no best config or bundle "
+                "written; continue with `creagen tune CONFIG --resume`"
+            )
         return "\n".join(out)

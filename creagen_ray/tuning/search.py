@@ -15,6 +15,7 @@ and, with `train.use_gpu`, `train.gpus_per_worker`; `tune.max_concurrent_trials`
 from __future__ import annotations
 
 import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -118,11 +119,7 @@ def _check_population(cfg: ExperimentConfig, dims: dict[str, Dimension]) -> None
     t = cfg.tune
     if t.scheduler != "pbt":
         return
-    grid = 1
-    for d in dims.values():
-        if d.kind == "grid" or (d.kind == "choice" and t.search == "grid"):
-            grid *= len(d.values)
-    population = t.num_samples * grid
+    population = expected_trials(cfg, dims)
     if population > t.max_concurrent_trials:
         raise ConfigError(
             f"tune.num_samples: PBT (synch) needs the whole population running at once; "
@@ -218,6 +215,15 @@ def run_search(
     return write_outputs(grid, cfg, base, dims, metric, exp_dir, seconds)
 
 
+def expected_trials(cfg: ExperimentConfig, dims: dict[str, Dimension]) -> int:
+    """Trials a complete search runs: num_samples x the product of the grid dimensions' sizes."""
+    n = cfg.tune.num_samples
+    for d in dims.values():
+        if d.kind == "grid" or (d.kind == "choice" and cfg.tune.search == "grid"):
+            n *= len(d.values)
+    return n
+
+
 def write_outputs(
     grid: Any,
     cfg: ExperimentConfig,
@@ -269,8 +275,13 @@ def _write_outputs(
     rows = rank_rows(trial_rows(grid, metric, mode, list(dims), state_dir), mode)
     df = table(rows, metric)
     pq, csv = write_table(df, exp_dir)
+    interrupted = grid.num_terminated + grid.num_errors < expected_trials(cfg, dims)
     best_row = rows[0] if rows and rows[0].final is not None and rows[0].status != "ERROR" else None
     best_cfg_path = bundle = None
+    if interrupted:  # a best of a partial search is no answer; drop one a previous run left
+        best_row = None
+        (exp_dir / "best.yaml").unlink(missing_ok=True)
+        shutil.rmtree(exp_dir / "best_bundle", ignore_errors=True)
     if best_row is not None:
         best_result = next(r for r in grid if trial_id_of(grid, r) == best_row.trial_id)
         best_cfg = sampled_config(base, {k: best_result.config[k] for k in dims}, forced_settings(cfg))
@@ -294,6 +305,7 @@ def _write_outputs(
         best_trial_id=best_row.trial_id if best_row else None,
         seconds=seconds,
         dims={p: d.describe() for p, d in dims.items()},
+        interrupted=interrupted,
     )
 
 
