@@ -24,3 +24,16 @@ def test_gallery_links_every_sample(tmp_path: Path) -> None:
     assert "![gan_samples](gan_samples.png)" in text and "![gan_interpolation](gan_interpolation.png)" in text
     assert "def f(x):" in text and "val_loss 1.62" in text and "val_fcd 82" in text and "total_wall_s" not in text
 
+
+
+def test_readme_gallery_copies_exist_and_are_small() -> None:
+    """The README's gallery images are committed, each under 60 KB, and carry creagen provenance."""
+    from creagen_ray.provenance import is_creagen, read_png_text
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    images = [line.split("(")[1].rstrip(")") for line in readme.splitlines() if line.startswith("![") and "docs/gallery/" in line]
+    assert images, "README shows no gallery image"
+    for rel in images:
+        assert (root / rel).is_file() and (root / rel).stat().st_size < 60_000, rel
+        assert is_creagen(read_png_text(root / rel)), rel
