@@ -204,7 +204,7 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # Ray start-up alone took over 5 min on this machine under load
         while True:
             try:
                 if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
