@@ -199,6 +199,7 @@ class CreagenTrial(tune.Trainable):
         self._stop_run()
         keep = storage.join(self.runs_dir, f"{self.trial_id}-from-{time.time_ns()}")
         fs, inner = storage.resolve(keep)  # Tune may delete or rotate its copy: keep ours next to the runs
+        fs.create_dir(inner, recursive=True)  # copy_files does not create the target folder on a local disk
         pafs.copy_files(str(checkpoint), inner, destination_filesystem=fs)
         self._start_from = ray.train.Checkpoint(inner, filesystem=fs)
         self._restored_from = str(checkpoint)
