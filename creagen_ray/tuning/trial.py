@@ -98,7 +98,7 @@ class CreagenTrial(tune.Trainable):
         else:  # the space searches data fields: each trial prepares (or finds) its own
             self.prepared = prepare_data(self.cfg.data, storage_path=storage_path)
         self.runs_dir = runs_dir  # a local folder or a storage URI (the trials' Train runs)
-        self._start_from: ray.train.Checkpoint | None = None  # PBT donor or restore, copied next to the runs
+        self._start_from: ray.train.Checkpoint | str | None = None  # PBT donor or restore, copied next to the runs
         self._restored_from = ""  # the Tune checkpoint it came from (reported, so tests can see the donor)
         self._reset_run()
 
@@ -201,7 +201,8 @@ class CreagenTrial(tune.Trainable):
         fs, inner = storage.resolve(keep)  # Tune may delete or rotate its copy: keep ours next to the runs
         fs.create_dir(inner, recursive=True)  # copy_files does not create the target folder on a local disk
         pafs.copy_files(str(checkpoint), inner, destination_filesystem=fs)
-        self._start_from = ray.train.Checkpoint(inner, filesystem=fs)
+        # a local copy is handed over as its path (as before); object storage as a Checkpoint on its filesystem
+        self._start_from = ray.train.Checkpoint(inner, filesystem=fs) if storage.is_uri(keep) else inner
         self._restored_from = str(checkpoint)
         self._reset_run()
 
