@@ -31,7 +31,7 @@ def test_registered_family_is_in_config_cli_and_serving_settings() -> None:
     with pytest.raises(ConfigError, match="not a toy loss"):
         validate_config({"model": {"family": "toy"}, "loss": {"name": "bce"}})
     serve = ServeConfig(bundles=["x"], families={"toy": {"num_cpus": 0.2}})
-    assert serve.family("toy").num_cpus == 0.2 and serve.family("rnn").num_cpus == 0.5
+    assert serve.family("toy").num_cpus == 0.2 and serve.family("rnn").num_cpus is None  # unset: derived from the cluster
     with pytest.raises(ValueError, match="unknown model families"):
         ServeConfig(bundles=["x"], families={"tyo": {}})
 
