@@ -181,6 +181,29 @@ def test_gan_ddp_with_feature_net(ray_cluster, storage: Path, tmp_path: Path) ->
     assert_replicas_in_sync(log)
     images = load_bundle(res.bundle_path).generate(ImageRequest(n=3, seed=0))
     assert images.shape == (3, 1, 16, 16)
+    assert_feature_net_cached(cfg, storage)
+
+
+def assert_feature_net_cached(cfg: Any, storage: Path) -> None:
+    """The run left its FeatureNet next to the prepared data; a later run loads it instead of training."""
+    from creagen_ray.data import prepare_data
+    from creagen_ray.families import build_family
+    from creagen_ray.metrics import feature_net_from_bytes
+    from creagen_ray.training import loop
+
+    prepared = prepare_data(cfg.data, storage_path=str(storage))  # up to date: the run's folder
+    cached = list((Path(prepared.path) / "feature_net").glob("*.safetensors"))
+    assert len(cached) == 1, cached
+    saved = feature_net_from_bytes(cached[0].read_bytes())
+    family = build_family(cfg, prepared.spec, device="cpu", total_steps=1)
+    with pytest.MonkeyPatch.context() as mp:  # a cache hit: training it again would raise here
+        mp.setattr("creagen_ray.metrics.train_feature_net", lambda *a, **k: pytest.fail("FeatureNet trained again"))
+        loop._attach_feature_net(family, str(prepared.path), prepared.spec)
+    assert family.feature_extractor.startswith("creagen FeatureNet classifier (200 steps on ")
+    for k, v in saved.state_dict().items():
+        assert torch.equal(family.feature_net.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="not a FeatureNet"):
+        feature_net_from_bytes(cached[0].read_bytes()[:100])  # a torn file is refused (then retrained)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(ray_cluster, storage: Path) -> None:

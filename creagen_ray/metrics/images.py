@@ -198,6 +198,32 @@ def train_feature_net(
     return net
 
 
+def feature_net_bytes(net: FeatureNet) -> bytes:
+    """A FeatureNet's weights and shape as safetensors bytes (no pickled code), for a cache file."""
+    from safetensors.torch import save
+
+    meta = {"in_channels": str(net.in_channels), "num_classes": str(net.num_classes), "feature_dim": str(net.feature_dim)}
+    return save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, metadata=meta)
+
+
+def feature_net_from_bytes(data: bytes) -> FeatureNet:
+    """The FeatureNet `feature_net_bytes` wrote, in eval mode with frozen weights; ValueError if unreadable."""
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+        net = FeatureNet(int(meta["in_channels"]), int(meta["num_classes"]), int(meta["feature_dim"]))
+        net.load_state_dict(load(data))
+    except (SafetensorError, KeyError, ValueError, RuntimeError, TypeError) as err:
+        raise ValueError(f"not a FeatureNet safetensors file: {err}") from None
+    net.eval()
+    net.requires_grad_(False)
+    return net
+
+
 def random_feature_net(channels: int = 1, seed: int = 0, feature_dim: int = 128) -> FeatureNet:
     """A fixed, seeded, untrained FeatureNet for data without labels (e.g. builtin:shapes).
 

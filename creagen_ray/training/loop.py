@@ -34,6 +34,7 @@ once; `epoch_gap_s` reports the wait between the last batch of an epoch and the 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -62,6 +63,8 @@ from creagen_ray.training.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
+
+log = logging.getLogger(__name__)
 
 # how many labelled training images rank 0 uses to fit the FID feature net, and for how long
 FEATURE_NET_IMAGES = 2000
@@ -254,19 +257,60 @@ def _restore(family: Family, config: dict[str, Any], rank: int, world: int) -> d
 
 
 def _attach_feature_net(family: Family, data_path: str | None, spec: DataSpec) -> None:
-    """GAN-style families: fit the FID feature classifier on labelled train images (rank 0)."""
+    """GAN-style families: fit the FID feature classifier on labelled train images (rank 0).
+
+    The net depends only on the prepared data and the seed, so it is kept next to the data
+    (`<data>/feature_net/<key>.safetensors`, key: the manifest's source checksum and config, the
+    image count, steps and seed): later runs and every Tune trial on the same data load it instead
+    of training it again (seconds of one CPU each). An unreadable cache file is trained anew and
+    replaced; a data folder that cannot be written to only means no cache.
+    """
     if not hasattr(family, "feature_net") or not spec.num_classes or not data_path:
         return
     from creagen_ray.data import load_prepared
-    from creagen_ray.metrics import train_feature_net
+    from creagen_ray.data.sources import open_location
+    from creagen_ray.metrics import feature_net_bytes, feature_net_from_bytes, train_feature_net
 
-    rows = load_prepared(data_path).read_numpy("train", ["image", "label"])  # pyarrow, no Ray tasks
-    images = torch.as_tensor(rows["image"][:FEATURE_NET_IMAGES])
-    labels = torch.as_tensor(rows["label"][:FEATURE_NET_IMAGES]).long()
-    family.feature_net = train_feature_net(
-        images, labels, num_classes=spec.num_classes, steps=FEATURE_NET_STEPS, seed=family.cfg.train.seed
-    ).to(family.device)
-    family.feature_extractor = feature_extractor_name(len(images))
+    prepared = load_prepared(data_path)
+    seed = family.cfg.train.seed
+    m = prepared.manifest
+    key_src = json.dumps([m.get("source_sha256"), m.get("config"), FEATURE_NET_IMAGES, FEATURE_NET_STEPS, seed], sort_keys=True)
+    fs, root = open_location(str(prepared.path), "data path")
+    cache = f"{root}/feature_net/{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.safetensors"
+    net, n_images = None, None
+    try:
+        with fs.open_input_stream(cache) as f:
+            net = feature_net_from_bytes(f.read())
+        n_images = min(FEATURE_NET_IMAGES, prepared.num_rows("train"))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:
+        log.warning("feature net cache %s unreadable (%s): training it again", cache, err)
+    if net is None:
+        rows = prepared.read_numpy("train", ["image", "label"])  # pyarrow, no Ray tasks
+        images = torch.as_tensor(rows["image"][:FEATURE_NET_IMAGES])
+        labels = torch.as_tensor(rows["label"][:FEATURE_NET_IMAGES]).long()
+        net = train_feature_net(images, labels, num_classes=spec.num_classes, steps=FEATURE_NET_STEPS, seed=seed)
+        n_images = len(images)
+        _write_cache(fs, cache, feature_net_bytes(net))
+    family.feature_net = net.to(family.device)
+    family.feature_extractor = feature_extractor_name(n_images)
+
+
+def _write_cache(fs: Any, path: str, data: bytes) -> None:
+    """Write a cache file whole or not at all (a temporary name, then a rename); failures only logged."""
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except OSError as err:
+        log.warning("could not write the cache file %s: %s", path, err)
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
 
 
 def feature_extractor_name(n_images: int, steps: int = FEATURE_NET_STEPS) -> str:
