@@ -255,3 +255,31 @@ def test_tune_results_and_best_bundle_in_s3(s3, tmp_path: Path) -> None:
     assert f"bundle: {s3.uri(exp + 'best_bundle')}" in r.stdout
     assert list(cwd.iterdir()) == []
     assert load_bundle(s3.uri(exp + "best_bundle")).name == "rnn"
+
+
+@pytest.mark.parametrize(
+    "case, why",
+    [
+        ("missing bucket", "the bucket 'no-such-bucket' does not exist"),
+        ("wrong secret", "access denied: the credentials are wrong"),
+        ("empty prefix", "no objects under that prefix"),
+    ],
+)
+def test_prepare_bad_s3_source_names_it_and_writes_nothing(
+    case: str, why: str, s3, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """`creagen prepare` from an unreadable bucket or an empty prefix: exit 2, one line naming the URI, and
+    nothing written under the storage path in the bucket (these fail while listing, before Ray starts)."""
+    source = {"missing bucket": "s3://no-such-bucket/corpus/", "wrong secret": s3.uri("badsrc/corpus/"),
+              "empty prefix": s3.uri("badsrc/nothing-here/")}[case]
+    s3.client().put_object(Bucket=s3.bucket, Key="badsrc/corpus/a.txt", Body=(TEXT * 20).encode())
+    if case == "wrong secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"data: {{source: '{source}'}}\ntrain: {{storage_path: '{s3.uri('badsrc/runs')}'}}\n", encoding="utf-8")
+    code = main(["prepare", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert source.rstrip("/") in err and why in err and "Traceback" not in err
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.env["AWS_SECRET_ACCESS_KEY"])
+    assert s3.keys("badsrc/") == ["badsrc/corpus/a.txt"]  # nothing under badsrc/runs

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 
 from creagen_ray.config import ConfigError, DataConfig
 from creagen_ray.data import builtin
-from creagen_ray.storage import StorageError, resolve
+from creagen_ray.storage import StorageError, describe_error, is_uri, resolve
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
@@ -88,13 +88,15 @@ def list_files(location: str, field_name: str = "data.source") -> tuple[pafs.Fil
     try:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            raise DataError(f"{field_name}: {location!r} does not exist")
+            raise DataError(f"{field_name}: {location!r} {_not_found(fs, path, location)}")
         if info.type == pafs.FileType.File and pattern is None:
             return fs, [SourceFile(path, path.rsplit("/", 1)[-1], info.size)]
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     except DataError:
         raise
     except (OSError, ValueError) as e:
+        if is_uri(location):  # access denied, no credentials, ...: say why and where credentials come from
+            raise DataError(f"{field_name}: {describe_error(location, 'read', e)}") from None
         raise DataError(f"{field_name}: cannot read {location!r} ({first_line(e)})") from None
     root = path.rstrip("/") + "/"
     files = []
@@ -109,6 +111,19 @@ def list_files(location: str, field_name: str = "data.source") -> tuple[pafs.Fil
         what = f"matches no files" if pattern else "is an empty folder or prefix (no files under it)"
         raise DataError(f"{field_name}: {location!r} {what}")
     return fs, sorted(files, key=lambda f: f.name)
+
+
+def _not_found(fs: pafs.FileSystem, path: str, location: str) -> str:
+    """Why a location is missing: no such file, no such bucket, or (object stores) nothing under a prefix."""
+    if not is_uri(location):
+        return "does not exist"
+    bucket = path.strip("/").split("/", 1)[0]
+    try:
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            return f"does not exist: the bucket {bucket!r} does not exist"
+    except (OSError, ValueError):
+        pass
+    return "does not exist: no object and no objects under that prefix (an empty or mistyped prefix)"
 
 
 def guess_kind(cfg: DataConfig, files: list[SourceFile] | None) -> str:
