@@ -10,10 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -167,26 +170,38 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     upload_png_folder(s3, "e2e/pngs")
     runs = s3.uri("e2e/runs")
 
-    # an image folder in the bucket -> Parquet shards in the bucket
-    r = creagen(
+    # two independent commands at once (each mostly waits on its own Ray's start-up), each on its
+    # own private local Ray (TMPDIR apart, so neither joins the other's):
+    # an image folder in the bucket -> Parquet shards in the bucket ...
+    tmps = [tempfile.mkdtemp(prefix="crs", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths
+    pool = ThreadPoolExecutor(max_workers=2)
+    prepare_run = pool.submit(
+        creagen,
         ["prepare", str(ROOT / "jobs/configs/demo-gan.yaml"), "--set", f"data.source={s3.uri('e2e/pngs')}",
          "--set", "data.kind=png", "--set", "data.image_size=12", "--set", "data.channels=1",
          "--set", f"train.storage_path={runs}"],
-        env, cwd,
+        {**env, "TMPDIR": tmps[0]}, cwd,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "images" in r.stdout, r.stdout
-    data_keys = s3.keys("e2e/runs/data/")
-    assert any(k.endswith("manifest.json") for k in data_keys) and any(k.endswith(".parquet") for k in data_keys)
-
-    # text from the bucket, trained with 2 DDP workers, everything written to the bucket
-    r = creagen(
+    # ... and text from the bucket, trained with 2 DDP workers, everything written to the bucket
+    train_run = pool.submit(
+        creagen,
         ["train", str(ROOT / "jobs/configs/demo-rnn.yaml"), "--set", f"data.source={s3.uri('e2e/corpus/a.txt')}",
          "--set", "data.seq_len=32", "--set", f"train.storage_path={runs}", "--set", "train.run_name=s3run",
          "--set", "train.steps=6", "--set", "train.eval_every=3", "--set", "train.checkpoint_every=3",
          "--set", "train.batch_size=16", "--set", "model.hidden_size=32", "--set", "model.embed_dim=16"],
-        env, cwd,
+        {**env, "TMPDIR": tmps[1]}, cwd,
     )
+    try:
+        r = prepare_run.result()
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "images" in r.stdout, r.stdout
+        r = train_run.result()
+    finally:
+        pool.shutdown(wait=True)
+        for t in tmps:
+            shutil.rmtree(t, ignore_errors=True)
+    data_keys = s3.keys("e2e/runs/data/pngs-")  # the PNG folder's shards (the text's: data/a-...)
+    assert any(k.endswith("manifest.json") for k in data_keys) and any(k.endswith(".parquet") for k in data_keys)
     assert r.returncode == 0, r.stderr[-3000:]
     bundle_uri = s3.uri("e2e/runs/s3run/bundle")
     assert f"bundle: {bundle_uri}" in r.stdout
