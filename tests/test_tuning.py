@@ -21,7 +21,7 @@ from creagen_ray.config import ConfigError, load_config
 
 pytestmark = pytest.mark.slow
 
-SANE, ABSURD, DIVERGES, OTHER = 3e-3, 1e-7, 1e-3, 2e-3
+SANE, ABSURD, DIVERGES = 3e-3, 1e-7, 1e-3
 
 
 def tiny_rnn(storage: Path, name: str, **tune: Any) -> dict[str, Any]:
@@ -94,11 +94,15 @@ def _result_rows(exp_dir: Path) -> dict[str, int]:
 
 
 def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> None:
-    """4 trials (lr grid) under ASHA, one diverging, interrupted after the first finishes, then resumed."""
+    """3 trials (lr grid) under ASHA, one diverging, interrupted after the first finishes, then resumed.
+
+    Two trials run at once, so the interrupt always leaves one unfinished; 3 trials (not 4) keep
+    every check (a sane and an absurd lr ranked, a failure, resume) for one fewer Train start-up.
+    """
     from creagen_ray.tuning import run_search
 
     raw = tiny_rnn(storage, "asha", scheduler="asha", grace_period=1, num_samples=1)
-    raw["optimizer"]["lr"] = {"grid": [SANE, ABSURD, DIVERGES, OTHER]}
+    raw["optimizer"]["lr"] = {"grid": [SANE, ABSURD, DIVERGES]}
     faults = {"match": {"optimizer.lr": DIVERGES}, "nan_at_step": 5}
     t0 = time.perf_counter()
     first = run_search(raw, callbacks=[_InterruptOnce()], faults=faults, verbose=0)
@@ -107,7 +111,7 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> N
     statuses = dict(zip(first.table["trial_id"], first.table["status"]))
     done_before = {t for t, s in statuses.items() if s in ("TERMINATED", "STOPPED", "ERROR")}
     # trials not started yet are not in the table of the interrupted search
-    assert 1 <= len(done_before) < 4, f"the interrupt should leave trials unfinished: {statuses}"
+    assert 1 <= len(done_before) < 3, f"the interrupt should leave trials unfinished: {statuses}"
     # an interrupted search names no best: no best.yaml / best_bundle from a partial search
     assert first.interrupted and first.best_config_path is None and first.bundle_path is None
     assert not (exp_dir / "best.yaml").exists() and not (exp_dir / "best_bundle").exists()
@@ -120,7 +124,7 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> N
     print(f"\nfirst part {t_first:.0f} s, resume {t_resume:.0f} s\n{result.summary()}")
     df = result.table
     assert not result.interrupted
-    assert len(df) == 4 and set(df["trial_id"]) >= set(statuses)
+    assert len(df) == 3 and set(df["trial_id"]) >= set(statuses)
     # finished trials were not re-run: their result counts did not grow
     rows_after = _result_rows(exp_dir)
     for t in done_before:
@@ -128,7 +132,7 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> N
     by_lr = {row["optimizer.lr"]: row for _, row in df.iterrows()}
     # the diverging trial is in the table, failed, with its error; the others finished
     assert by_lr[DIVERGES]["status"] == "ERROR" and "diverged" in by_lr[DIVERGES]["error"]
-    assert all(by_lr[lr]["status"] in ("TERMINATED", "STOPPED") for lr in (SANE, ABSURD, OTHER))
+    assert all(by_lr[lr]["status"] in ("TERMINATED", "STOPPED") for lr in (SANE, ABSURD))
     # ranking: the sane lr beats the absurd one, and the ranks are ordered by the final metric
     assert by_lr[SANE]["rank"] < by_lr[ABSURD]["rank"]
     assert by_lr[SANE]["val_loss"] < by_lr[ABSURD]["val_loss"] - 0.05
