@@ -186,9 +186,9 @@ def test_free_bits_floor_each_latents_kl_in_the_loss():
     assert out[0.5]["kl"] < 1.0 and out[0.5]["loss"] == pytest.approx(out[0.5]["recon"] + 4.0, rel=1e-4)
 
 
-@pytest.mark.parametrize("args", [["vae.py"], ["gan.py", "--loss", "bce"], ["gan.py", "--loss", "wgan-gp"]])
+@pytest.mark.parametrize("args", [["vae.py"], ["gan.py", "--loss", "bce", "--budget", "600", "--steps", "2"], ["gan.py", "--loss", "wgan-gp"]])
 def test_reference_scripts_run_to_their_budget(args, mnist_paths, tmp_path):
-    """bench/reference/*.py as documented (1 s budget): samples.pt and result.json appear."""
+    """bench/reference/*.py as documented (1 s budget, or a --steps cap): samples.pt and result.json appear."""
     import json
     import os
     import subprocess
@@ -197,11 +197,14 @@ def test_reference_scripts_run_to_their_budget(args, mnist_paths, tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "CREAGEN_SHARED_DATA": str(mnist_paths[0].parent.parent)}
-    subprocess.run([sys.executable, f"bench/reference/{args[0]}", *args[1:], "--budget", "1", "--samples", "20",
+    subprocess.run([sys.executable, f"bench/reference/{args[0]}", "--budget", "1", *args[1:], "--samples", "20",
                     "--out", str(tmp_path)], cwd=root, env=env, check=True, capture_output=True, timeout=600)
     samples = torch.load(tmp_path / "samples.pt")
     assert samples.shape == (20, 1, 28, 28) and samples.dtype == torch.uint8
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["steps"] >= 1 and result["train_s"] >= 1.0
+    if "--steps" in args:  # the cap stops it well inside the budget
+        assert result["steps"] == 2 and result["train_s"] < 600
+    else:
+        assert result["steps"] >= 1 and result["train_s"] >= 1.0
     if args[0] == "vae.py":
         assert result["eval_images"] == 2000 and result["neg_elbo"] > 0

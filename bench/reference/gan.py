@@ -94,7 +94,7 @@ def main() -> None:
             loss_g.backward()
             opt_g.step()
 
-    steps, seconds = run_for(args.budget, step)
+    steps, seconds = run_for(args.budget, step, args.steps)
     G.eval()
     with torch.no_grad():
         samples = torch.cat([G(torch.randn(500, LATENT)) for _ in range(0, args.samples, 500)])[: args.samples]

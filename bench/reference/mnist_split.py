@@ -50,20 +50,22 @@ def batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tenso
             yield x[perm[i : i + batch_size]].float() / 255.0
 
 
-def run_for(budget_s: float, step: Callable[[], None]) -> tuple[int, float]:
-    """Call step() until budget_s seconds of wall clock have passed; returns (steps, seconds)."""
+def run_for(budget_s: float, step: Callable[[], None], max_steps: int | None = None) -> tuple[int, float]:
+    """Call step() until budget_s seconds of wall clock have passed (or max_steps calls); returns (steps, seconds)."""
     t0 = time.perf_counter()
     n = 0
-    while time.perf_counter() - t0 < budget_s:
+    while time.perf_counter() - t0 < budget_s and (max_steps is None or n < max_steps):
         step()
         n += 1
     return n, time.perf_counter() - t0
 
 
 def parse_args(doc: str) -> argparse.Namespace:
-    """--budget seconds, --out folder, --threads, --seed (every reference takes the same flags)."""
+    """--budget seconds, --steps cap, --out folder, --threads, --seed (every reference takes the same flags)."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--budget", type=float, default=180.0, help="seconds of training (wall clock)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="stop after this many steps even within the budget (quality at equal images seen)")
     p.add_argument("--out", type=Path, required=True, help="folder for samples.pt and result.json")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2 = the whole 2-core machine)")
     p.add_argument("--seed", type=int, default=0)

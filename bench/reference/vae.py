@@ -63,7 +63,7 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    steps, seconds = run_for(args.budget, step)
+    steps, seconds = run_for(args.budget, step, args.steps)
     model.eval()
     with torch.no_grad():
         torch.manual_seed(args.seed)
