@@ -169,6 +169,17 @@ def params_finite(family: Family) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in family.parameters())
 
 
+def _prepare_model(module: torch.nn.Module) -> torch.nn.Module:
+    """Ray Train's DDP wrapper without the per-forward buffer broadcast.
+
+    DDP's default `broadcast_buffers=True` copies rank 0's buffers (BatchNorm running statistics)
+    to every rank before each wrapped forward: one more collective per forward, every step. Only
+    rank 0's buffers are ever used (it evaluates and checkpoints) and rank 0 never receives any,
+    so its statistics, and the run's results, are the same without it.
+    """
+    return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": False})
+
+
 def _finite(metrics: dict[str, float]) -> bool:
     return all(math.isfinite(float(v)) for v in metrics.values())
 
@@ -180,13 +191,17 @@ class _Dist:
         self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.device = device
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on any rank."""
-        if not self.on:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+    def any(self, *flags: bool) -> bool | list[bool]:
+        """Each flag, true on every rank when it is true on any rank (one all-reduce for all of them).
+
+        One flag gives a bool, several a list (the loop asks "NaN anywhere?" and "budget spent
+        anywhere?" in one collective per step).
+        """
+        if self.on:
+            t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flags = tuple(v > 0 for v in t.tolist())
+        return bool(flags[0]) if len(flags) == 1 else [bool(f) for f in flags]
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, indexed by rank."""
@@ -390,7 +405,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     family = build_family(cfg, spec, device=device, total_steps=total_steps, tokenizer=tokenizer)
     restored = _restore(family, config, rank, world)
     seeded_from = str(config["resume_from"].path) if config.get("resume_from") is not None else None
-    family.wrap_modules(ray.train.torch.prepare_model)
+    family.wrap_modules(_prepare_model)
     family.train(True)
     comm = _Dist(device)
 
@@ -511,16 +526,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     metrics = {**metrics, "loss": float("nan")}
                 batches += 1
                 window.add(metrics, batch_items(batch), wait_s)
-                if comm.any(not _finite(metrics)):
+                spent = t.time_budget_s is not None and time.perf_counter() - t_start >= t.time_budget_s
+                nonfinite, spent = comm.any(not _finite(metrics), spent)
+                if nonfinite:
                     bad = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
                     stop_nonfinite({**window.summary(), **metrics}, f"loss is NaN/Inf at step {family.step}: {bad}")
                     ok = False
                     break
                 _maybe_kill(faults, family.step, rank)
                 step = family.step
-                is_last = (t.epochs is None and step >= total_steps) or (
-                    t.time_budget_s is not None and comm.any(time.perf_counter() - t_start >= t.time_budget_s)
-                )
+                is_last = (t.epochs is None and step >= total_steps) or spent
                 do_eval = step % t.eval_every == 0 or is_last
                 do_ckpt = step % t.checkpoint_every == 0 or is_last
                 if do_eval:
