@@ -208,3 +208,23 @@ def test_reference_scripts_run_to_their_budget(args, mnist_paths, tmp_path):
         assert result["steps"] >= 1 and result["train_s"] >= 1.0
     if args[0] == "vae.py":
         assert result["eval_images"] == 2000 and result["neg_elbo"] > 0
+
+
+def test_quality_per_step_scores_both_sides(mnist_paths, tmp_path):
+    """bench/quality_per_step.py as its docstring shows it, cut to 2 steps: one scored row per run."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CREAGEN_SHARED_DATA": str(mnist_paths[0].parent.parent)}
+    subprocess.run([sys.executable, "bench/quality_per_step.py", "vae", "--steps", "2", "--judge-steps", "5",
+                    "--set", "model.base_channels=8", "--out", str(tmp_path)],
+                   cwd=root, env=env, check=True, capture_output=True, timeout=600)
+    row = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
+    assert row["images"] == 256 and row["proj"]["steps"] == 2 and row["ref"]["steps"] == 2
+    for side in ("ref", "proj"):
+        assert row[side]["neg_elbo"] > 0 and row[side]["fcd"] > 0 and 0 <= row[side]["precision"] <= 1
+    assert (tmp_path / "vae-shipped-grid.png").exists()
