@@ -87,7 +87,27 @@ def selected(request, test_name: str) -> set[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def shipped_runs(tmp_path_factory, request):
+def config_shows(tmp_path_factory, request):
+    """Start the selected `creagen config show` commands, one at a time beside the training runs.
+
+    Each is seconds of imports; started with the module (shipped_runs asks for this first), they
+    overlap the training runs, which mostly wait on Ray. Yields {name: (future, cwd)}.
+    """
+    other = tmp_path_factory.mktemp("show")
+    pool = ThreadPoolExecutor(max_workers=1)
+    futures: dict[str, tuple[Future, Path]] = {}
+    for item in request.session.items:
+        if getattr(item, "originalname", None) == "test_shipped_config_resolves_from_the_other_place":
+            name = item.callspec.params["name"]
+            cwd = other if WHERE[name] == "root" else ROOT
+            args = ["config", "show", os.path.relpath(CONFIGS / f"{name}.yaml", cwd)]
+            futures[name] = (pool.submit(run, args, cwd), cwd)
+    yield futures
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def shipped_runs(tmp_path_factory, request, config_shows):
     """Start the selected configs' runs (root, elsewhere) and the tiny search, 2 at a time; futures by key."""
     t0 = time.perf_counter()
     elsewhere = tmp_path_factory.mktemp("elsewhere")
@@ -146,12 +166,12 @@ def test_shipped_config_trains(name: str, shipped_runs) -> None:
 
 
 @pytest.mark.parametrize("name", TRAIN_CONFIGS)
-def test_shipped_config_resolves_from_the_other_place(name: str, tmp_path: Path) -> None:
+def test_shipped_config_resolves_from_the_other_place(name: str, config_shows) -> None:
     """`creagen config show <relative path>` from where the config does not train: inputs next to the file."""
     import yaml
 
-    cwd = tmp_path if WHERE[name] == "root" else ROOT
-    proc = run(["config", "show", os.path.relpath(CONFIGS / f"{name}.yaml", cwd)], cwd)
+    future, cwd = config_shows[name]
+    proc = future.result()
     _check(proc, f"creagen config show {name}.yaml")
     shown = yaml.safe_load(proc.stdout)
     assert shown["train"]["storage_path"] == str(cwd / "runs")  # outputs: the working directory
