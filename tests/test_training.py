@@ -2,7 +2,8 @@
 
 Each TorchTrainer.fit costs ~20 s of fixed start-up on 2 CPUs, so every fit carries several
 assertions: the RNN run checks loss, replica sync, the bundle and its checkpoint; its second run
-(same run name) checks resume and, by killing one worker mid-run, the FailureConfig restore.
+(same run name) checks resume past a corrupted latest checkpoint and, by SIGKILLing one worker
+process mid-run, the FailureConfig restore. Faults come from tests/faults.py, never from the loop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from creagen_ray.bundle import BundleError, load_bundle
 from creagen_ray.config import ImageRequest, TextRequest, validate_config
 from creagen_ray.images import save_png_grid
 from creagen_ray.training import MetricsLogCallback, NonFiniteLossError, load_checkpoint, train
+from tests.faults import KillWorkerAfterCheckpoint  # also registers the "diverging" test family
 
 pytestmark = pytest.mark.slow
 
@@ -112,26 +114,31 @@ def test_rnn_ddp_bundle_resume_and_worker_kill(ray_cluster, storage: Path, tmp_p
     state = load_checkpoint(res.checkpoint.path)  # torch.load(weights_only=True) inside
     assert state["step"] == 20 and adam_steps(state) == 20 and len(state["rng"]) == 2
 
-    # Same run name, twice the steps: resumes at 20. Rank 1 kills itself at step 33 on the first
-    # attempt; FailureConfig restarts from the step-30 checkpoint. (It dies 5 s after step 33: Train
-    # V2's controller collects reports every 2 s, and a checkpoint whose report was not collected
-    # before a worker died is lost, so a kill right after a checkpoint would roll back two intervals.)
+    # Corrupt the newest checkpoint (step 20), as a crash mid-write would: the rerun must resume from
+    # the newest readable one (step 10) with a warning naming both, not fail on it forever.
+    ckpts = sorted(p for p in Path(res.checkpoint.path).parent.glob("checkpoint_*") if p.is_dir())
+    newest = Path(res.checkpoint.path)
+    assert newest == ckpts[-1] and load_checkpoint(ckpts[-2])["step"] == 10
+    (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:100])
+
+    # Same run name, twice the steps: resumes at 10. A test callback SIGKILLs one worker process
+    # right after the step-30 checkpoint is recorded; FailureConfig restarts from that checkpoint.
     marker = tmp_path / "killed"
     log_b = tmp_path / "b.jsonl"
     res2 = train(
         rnn_cfg(storage, steps=40, max_failures=1),
         run_name="rnn",
         progress=False,
-        callbacks=[MetricsLogCallback(str(log_b))],
-        faults={"kill_at_step": 33, "kill_rank": 1, "marker": str(marker), "kill_after_s": 5},
+        callbacks=[MetricsLogCallback(str(log_b)), KillWorkerAfterCheckpoint(30, str(marker))],
     )
     log2 = [r["ranks"][0] for r in read_log(log_b)]
-    assert marker.read_text() == "33", "the fault was not injected"
-    assert log2[0]["start_step"] == 20 and log2[0]["step"] > 20, "the second run did not resume at step 20"
+    assert marker.read_text().startswith("30 [") and marker.read_text() != "30 []", "no worker was killed"
+    warning = log2[0].get("resume_warning", "")
+    assert str(newest) in warning and str(ckpts[-2]) in warning, f"no warning naming both: {warning!r}"
+    assert log2[0]["start_step"] == 10 and log2[0]["step"] > 10, "the rerun did not resume from step 10"
     restarts = sorted({m["start_step"] for m in log2})
     trace = [(m["start_step"], m["step"]) for m in log2]
-    assert restarts == [20, 30], f"expected a first attempt from 20, a restore from 30; (start, step): {trace}"
-    assert 33 - 30 <= 10  # at most one checkpoint interval repeated (restored from 30, killed at 33)
+    assert restarts == [10, 30], f"expected a first attempt from 10, a restore from 30; (start, step): {trace}"
     after = [m["step"] for m in log2 if m["start_step"] == 30]
     assert after and min(after) > 30 and after[-1] == 40
     assert res2.metrics["step"] == 40
@@ -207,16 +214,19 @@ def assert_feature_net_cached(cfg: Any, storage: Path) -> None:
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(ray_cluster, storage: Path) -> None:
-    """A NaN loss at step 15 raises NonFiniteLossError naming the step; the step-10 checkpoint stays good."""
-    cfg = rnn_cfg(storage, steps=30, max_failures=1)
+    """A NaN loss at step 15 raises NonFiniteLossError naming the step; the step-10 checkpoint stays good.
+
+    The NaN comes from the test-only "diverging" family (tests/faults.py), through its real backward pass."""
+    cfg = rnn_cfg(storage, steps=30, max_failures=1).model_dump(mode="json")
+    cfg["model"] = {"family": "diverging", "nan_at_step": 15}
     with pytest.raises(NonFiniteLossError, match="step 15") as err:
-        train(cfg, run_name="rnn-nan", progress=False, faults={"nan_at_step": 15})
+        train(validate_config(cfg), run_name="rnn-nan", progress=False)
     assert err.value.step == 15
     ckpt = err.value.checkpoint
     assert ckpt is not None
     state = load_checkpoint(ckpt.path)
     assert state["step"] == 10
-    weights = state["family"]["modules"]["model"]
+    weights = state["family"]["modules"]["table"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     run_dir = Path(ckpt.path).parent
     steps = sorted(load_checkpoint(p)["step"] for p in run_dir.glob("checkpoint_*") if p.is_dir())

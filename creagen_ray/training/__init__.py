@@ -3,8 +3,8 @@
     from creagen_ray.training import train
     result = train(cfg)                      # TrainResult(bundle_path, metrics, run_dir, checkpoint)
 
-Tune reuses `build_trainer(cfg, prepared, run_name=..., storage_path=..., callbacks=[TuneReportCallback()],
-resume_from_checkpoint=donor)` and `fit(trainer)` (raises NonFiniteLossError on divergence).
+Tune reuses `build_trainer(cfg, prepared, run_name=..., storage_path=..., callbacks=[a report relay],
+resume_from_checkpoint=donor, stop_signal=...)` and `fit(trainer)` (raises NonFiniteLossError on divergence).
 """
 
 from creagen_ray.training.checkpoint import CheckpointError, load_checkpoint, load_ray_checkpoint, save_checkpoint

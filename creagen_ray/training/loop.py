@@ -27,8 +27,8 @@ once; `epoch_gap_s` reports the wait between the last batch of an epoch and the 
     total_steps  optimizer steps of the whole run (schedules use it)
     data_path    the prepared data directory (rank 0 reads labelled images from it for FID)
     resume_from  a ray.train/ray.tune Checkpoint to start from when the run has none of its own
-    faults       fault injection for tests only: {"kill_at_step", "kill_rank", "marker",
-                 "kill_after_s", "nan_at_step"}
+    stop         an actor handle with `is_set()` (a Tune trial's StopSignal), or None: polled at
+                 every report, the run ends there (all ranks together) once it is set or gone
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ import logging
 import math
 import os
 import queue
-import signal
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterable
 
 import ray.train
@@ -73,6 +71,8 @@ FEATURE_NET_STEPS = 200
 SHUFFLE_BATCHES = 16
 # batches the feed thread may hold ready ahead of the training step (across an epoch boundary)
 FEED_AHEAD = 4
+# how long rank 0 waits for the stop signal's answer before training on (asked again next report)
+STOP_POLL_TIMEOUT_S = 10.0
 
 
 def torch_threads(cpus_per_worker: float, explicit: int | None = None) -> int:
@@ -241,8 +241,11 @@ class _Window:
         return out
 
 
-def _restore(family: Family, config: dict[str, Any], rank: int, world: int) -> dict[str, Any] | None:
-    """Load Ray Train's own latest checkpoint, else the explicit resume_from one; None = fresh.
+def _restore(family: Family, config: dict[str, Any], rank: int, world: int) -> tuple[dict[str, Any] | None, str]:
+    """Load Ray Train's own latest checkpoint, else the explicit resume_from one; (None, "") = fresh.
+
+    The string is a warning when the latest checkpoint was unreadable and an older one was used
+    (it names both; the loop reports it so the driver shows it).
 
     The run's own checkpoint wins when it descends from the same explicit seed (a worker-failure
     restart or a plain re-run); an explicit checkpoint that this run has not started from yet
@@ -251,14 +254,18 @@ def _restore(family: Family, config: dict[str, Any], rank: int, world: int) -> d
     explicit = config.get("resume_from")
     seed_path = str(explicit.path) if explicit is not None else None
     own = ray.train.get_checkpoint()
-    state = load_newest_readable(own)[0] if own is not None else None  # a corrupt latest: an older one
+    state, warning = None, ""
+    if own is not None:
+        state, used = load_newest_readable(own)  # a corrupt latest: the newest readable older one
+        if used is not own:
+            warning = f"the latest checkpoint {own.path} is unreadable; resumed from {used.path} (step {state.get('step')})"
     if state is not None and explicit is not None and state.get("seeded_from") != seed_path:
         state = None  # our own checkpoint predates the explicit one we were given now
     source = "own"
     if state is None and explicit is not None:
         state, source = load_ray_checkpoint(explicit), "explicit"
     if state is None:
-        return None
+        return None, ""
     family.load_state_dict(state["family"])
     rngs = state.get("rng") or []
     if len(rngs) == world:
@@ -268,7 +275,7 @@ def _restore(family: Family, config: dict[str, Any], rank: int, world: int) -> d
     if source == "explicit":
         # a donor's checkpoint carries the donor's optimizer settings: apply this run's own
         family.set_optimizer_hyperparameters(family.cfg)
-    return state
+    return state, warning if source == "own" else ""
 
 
 def _attach_feature_net(family: Family, data_path: str | None, spec: DataSpec) -> None:
@@ -387,13 +394,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     Train V2 Result.metrics are those of the last *checkpoint*, so a divergence that wrote none
     must travel in the return value.
     """
-    # Ray logs every report of every rank at INFO; our progress lines come from the controller.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     cfg = validate_config(config["cfg"])
     spec = DataSpec.model_validate(config["spec"])
     tokenizer = tokenizer_from_dict(config["tokenizer"]) if config.get("tokenizer") else None
     total_steps = int(config["total_steps"])
-    faults = config.get("faults") or {}
+    stop = config.get("stop")
     t = cfg.train
 
     ctx = ray.train.get_context()
@@ -403,7 +408,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     seed_everything(t.seed + rank)
 
     family = build_family(cfg, spec, device=device, total_steps=total_steps, tokenizer=tokenizer)
-    restored = _restore(family, config, rank, world)
+    restored, resume_warning = _restore(family, config, rank, world)
     seeded_from = str(config["resume_from"].path) if config.get("resume_from") is not None else None
     family.wrap_modules(_prepare_model)
     family.train(True)
@@ -457,6 +462,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             "world_size": world,
             "data_mode": str(config.get("data_mode", "streaming")),
         }
+        if resume_warning:
+            metrics["resume_warning"] = resume_warning
         if gaps:
             metrics["epoch_gap_s"] = gaps[-1]
             metrics["epoch_gap_max_s"] = max(gaps)
@@ -499,6 +506,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         outcome.update(nonfinite=True, what=what, metrics=metrics)
         ray.train.report(metrics)
 
+    def stop_requested() -> bool:
+        """True on every rank once the run's stop signal is set (rank 0 asks it; one all-reduce)."""
+        if stop is None:
+            return False
+        asked = False
+        if rank == 0:
+            try:
+                asked = bool(ray.get(stop.is_set.remote(), timeout=STOP_POLL_TIMEOUT_S))
+            except ray.exceptions.GetTimeoutError:
+                asked = False  # busy: ask again at the next report
+            except ray.exceptions.RayActorError:
+                asked = True  # the trial that holds the signal is gone: nobody waits for this run
+        return comm.any(asked)
+
     def read_epoch() -> Iterable[dict[str, torch.Tensor]]:
         return shard.iter_torch_batches(
             batch_size=t.batch_size,
@@ -522,8 +543,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 if batches == 0 and t_epoch_end is not None:
                     gaps.append(now - t_epoch_end)
                 metrics = family.train_step(batch)
-                if faults.get("nan_at_step") is not None and family.step >= faults["nan_at_step"]:
-                    metrics = {**metrics, "loss": float("nan")}
                 batches += 1
                 window.add(metrics, batch_items(batch), wait_s)
                 spent = t.time_budget_s is not None and time.perf_counter() - t_start >= t.time_budget_s
@@ -533,7 +552,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     stop_nonfinite({**window.summary(), **metrics}, f"loss is NaN/Inf at step {family.step}: {bad}")
                     ok = False
                     break
-                _maybe_kill(faults, family.step, rank)
                 step = family.step
                 is_last = (t.epochs is None and step >= total_steps) or spent
                 do_eval = step % t.eval_every == 0 or is_last
@@ -541,7 +559,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 if do_eval:
                     evaluate(final=is_last)
                 if do_eval or do_ckpt or step % t.log_every == 0:
-                    ok = report(checkpoint=do_ckpt)
+                    ok = report(checkpoint=do_ckpt) and not stop_requested()
                 if is_last or not ok:
                     ok = False  # a steps-run ends mid-epoch: no end_epoch (gd would step on a partial epoch)
                     break
@@ -570,18 +588,3 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         report(checkpoint=True)
     return {**outcome, "step": family.step}
 
-
-def _maybe_kill(faults: dict[str, Any], step: int, rank: int) -> None:
-    """Fault injection for tests: SIGKILL this worker once at a step (a marker file makes it once)."""
-    at = faults.get("kill_at_step")
-    if at is None or step != at or rank != faults.get("kill_rank", 0):
-        return
-    marker = Path(faults["marker"])
-    if marker.exists():
-        return
-    marker.write_text(str(step))
-    # Ray Train V2's controller collects reports every ~2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); a
-    # checkpoint reported by a worker that dies before that poll is lost. `kill_after_s` lets a test
-    # die "later", after the last checkpoint became durable.
-    time.sleep(float(faults.get("kill_after_s", 0.0)))
-    os.kill(os.getpid(), signal.SIGKILL)

@@ -50,9 +50,14 @@ class ProgressCallback(UserCallback):
         self.name = name
         self.unit = unit
         self.shown = shown  # the family's progress_metrics
+        self.warned: set[str] = set()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         """Called by Ray Train once all ranks reported."""
+        warning = metrics[0].get("resume_warning") if metrics else None
+        if warning and warning not in self.warned:  # a corrupt latest checkpoint was skipped on resume
+            self.warned.add(warning)
+            print(f"[{self.name}] WARNING: {warning}", flush=True)
         if metrics:
             print(format_progress(self.name, metrics, self.unit, checkpoint is not None, self.shown), flush=True)
 

@@ -135,7 +135,7 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     resume_from_checkpoint: Any = None,
     progress: bool = False,
-    faults: dict[str, Any] | None = None,
+    stop_signal: Any = None,
 ) -> TorchTrainer:
     """A TorchTrainer running the generic loop on `prepared` data (Tune builds one per trial).
 
@@ -143,7 +143,7 @@ def build_trainer(
     `resume_from_checkpoint` (a ray.train or ray.tune Checkpoint, or a path) seeds a run that has
     no checkpoint of its own descending from it (PBT: the donor); after loading it, the loop
     re-applies this cfg's optimizer settings (family.set_optimizer_hyperparameters).
-    `faults` is fault injection for tests only (see loop.py).
+    `stop_signal` (a Tune trial's StopSignal actor) ends the run at its next report once set.
     """
     t = cfg.train
     spec = prepared.spec
@@ -169,7 +169,7 @@ def build_trainer(
         "val_rows": prepared.num_rows("val") if "val" in prepared.manifest["splits"] else 0,
         "data_path": resolve_path(str(prepared.path), Path.cwd()),  # workers run in another directory
         "resume_from": resume_from_checkpoint,
-        "faults": faults or {},
+        "stop": stop_signal,
     }
     train_ds, data_mode = training_dataset(prepared, list(batch_columns(spec)), t.materialize_mb)
     loop_config["data_mode"] = data_mode
@@ -251,7 +251,6 @@ def train(
     progress: bool = True,
     run_name: str | None = None,
     callbacks: list[Any] | None = None,
-    faults: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Prepare data, train with Ray Train (DDP), and export a verified bundle; see the module doc."""
     from creagen_ray.data import prepare_data
@@ -265,7 +264,7 @@ def train(
     name = run_name or default_run_name(cfg)
     tracker = Tracker(cfg, name, storage.join(storage_uri(cfg.train.storage_path), name)).start()  # train.tracking
     trainer = build_trainer(
-        cfg, prepared, run_name=name, callbacks=[*(callbacks or []), *tracker.callbacks()], progress=progress, faults=faults
+        cfg, prepared, run_name=name, callbacks=[*(callbacks or []), *tracker.callbacks()], progress=progress
     )
     try:
         result = fit(trainer)

@@ -135,12 +135,10 @@ def run_search(
     callbacks: list[Any] | None = None,
     stop: Any = None,
     verbose: int = 1,
-    faults: dict[str, Any] | None = None,
 ) -> TuneResult:
     """Run (or resume) the search a raw config describes and write its outputs; see module doc.
 
-    `callbacks` / `stop` go to Tune's RunConfig; `faults` (tests) injects training-loop faults into
-    the trials whose sample matches `faults["match"]`, e.g. {"match": {"optimizer.lr": 1e-3}, "nan_at_step": 5}.
+    `callbacks` / `stop` go to Tune's RunConfig.
     """
     raw = resolve_paths(raw)  # no-op for tune_from_file's (already resolved) raw; library dicts: cwd
     base, dims, cfg = parse_space(raw)
@@ -170,7 +168,6 @@ def run_search(
             storage_path=storage,
             runs_dir=store.join(exp_dir, "trial_runs"),
             prepared_path=prepared_path,
-            faults=faults,
         ),
         {"cpu": cfg.tune.trial_cpus},
     )

@@ -1,7 +1,7 @@
 """One Tune trial = one Ray Train run of the generic training loop (Train V2 inside Tune).
 
 `CreagenTrial` is a class Trainable that builds a `TorchTrainer` with `training.build_trainer`
-and fits it in a background thread; a small Train callback relays every report (metrics + the
+and fits it in a background thread; a Train `UserCallback` relays every report (metrics + the
 persisted checkpoint's path) to the trial through a Ray queue, and `step()` hands Tune one result
 per evaluation (the family's validation metric at a new step).
 
@@ -9,14 +9,17 @@ Why not a function trainable with `TuneReportCallback` (ray/tune/integration/ray
 that callback forwards metrics only (the checkpoint path as a metric), so Tune holds no
 checkpoint: PBT cannot exploit and `Tuner.restore` cannot resume a trial. And when Tune stops a
 function trial (ASHA, a PBT pause) it kills the trial actor without a hook, so the Train run's
-placement group leaks (Train V2's cleaner needs the dashboard's state API) and the next runs wait
-forever for CPUs. A class Trainable has `save_checkpoint` / `load_checkpoint` (the Train
-checkpoint directory, copied) and `cleanup()`, where the Train controller is aborted, which
-releases its workers and placement group.
+placement group outlives it (https://github.com/ray-project/ray/issues/54305; Ray's placement
+group cleaner needs the dashboard's state API) and the next runs wait for CPUs. A class Trainable
+has `save_checkpoint` / `load_checkpoint` (the Train checkpoint directory, copied) and
+`cleanup()`, where the trial sets the run's `StopSignal`: the training loop polls it at every
+report and returns, so the Train run finishes normally and Ray Train releases its workers and
+placement group itself. Only public Ray APIs: `ray.train.UserCallback`, `ray.util.queue`, an actor.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -26,8 +29,7 @@ import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray import tune
-from ray.train.v2._internal.execution.callback import ControllerCallback
-from ray.train.v2.api.callback import UserCallback
+from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
 
 from creagen_ray import storage
@@ -35,8 +37,25 @@ from creagen_ray.config import ExperimentConfig, validate_config
 from creagen_ray.training import NonFiniteLossError, build_trainer, fit
 from creagen_ray.tuning.space import resolve
 
-ABORT_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 60.0  # a stopped run ends at its next report (train.log_every steps at most)
 FINISH_TIMEOUT_S = 120.0
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0)
+class StopSignal:
+    """A flag the trial sets when Tune stops it; the training loop polls `is_set()` at every report."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        """Ask the run to end at its next report."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """Whether the run should end now."""
+        return self._set
 
 
 class _ReportRelay(UserCallback):
@@ -48,17 +67,6 @@ class _ReportRelay(UserCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         """Blocking put (queue of one): Train runs at most one report ahead of Tune."""
         self.queue.put(("report", (dict(metrics[0]), checkpoint.path if checkpoint else None)))
-
-
-class _ControllerHello(ControllerCallback):
-    """Train controller side: send the controller's own handle, so the trial can abort the run."""
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-
-    def after_controller_start(self, train_run_context: Any) -> None:
-        """Called once, before any worker starts."""
-        self.queue.put(("controller", ray.get_runtime_context().current_actor))
 
 
 class TrialDiverged(RuntimeError):
@@ -82,16 +90,11 @@ class CreagenTrial(tune.Trainable):
         storage_path: str = "",
         runs_dir: str = "",
         prepared_path: str | None = None,
-        faults: dict[str, Any] | None = None,
     ) -> None:
         """Validate the sampled config and load (or prepare) its data; the run starts at the first step."""
         from creagen_ray.data import load_prepared, prepare_data
 
         self.base, self.forced, self.metric = base or {}, forced or {}, metric
-        # tests only: training-loop fault injection for the trials whose sample matches faults["match"]
-        match = (faults or {}).get("match", {})
-        hit = faults and all(config.get(k) == v for k, v in match.items())
-        self.faults = {k: v for k, v in faults.items() if k != "match"} if hit else None
         self.cfg = sampled_config(self.base, config, self.forced)
         if prepared_path:  # the driver prepared the one dataset of the search
             self.prepared = load_prepared(prepared_path)
@@ -105,7 +108,7 @@ class CreagenTrial(tune.Trainable):
     def _reset_run(self) -> None:
         self._queue: Queue | None = None
         self._thread: threading.Thread | None = None
-        self._controller: Any = None
+        self._stop: Any = None  # the run's StopSignal actor
         self._error: BaseException | None = None
         self._finished = False  # the run reported its last step
         self._last_checkpoint: str | None = None
@@ -115,15 +118,16 @@ class CreagenTrial(tune.Trainable):
     def _start(self) -> None:
         """Build the TorchTrainer for this trial and fit it in a background thread."""
         queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        self._stop = StopSignal.remote()
         run_name = f"{self.trial_id}-{time.time_ns()}"
         trainer = build_trainer(
             self.cfg,
             self.prepared,
             run_name=run_name,
             storage_path=self.runs_dir,
-            callbacks=[_ReportRelay(queue), _ControllerHello(queue)],
+            callbacks=[_ReportRelay(queue)],
             resume_from_checkpoint=self._start_from,
-            faults=self.faults,
+            stop_signal=self._stop,
         )
 
         def run() -> None:
@@ -154,9 +158,6 @@ class CreagenTrial(tune.Trainable):
         assert self._queue is not None and self._thread is not None
         while True:
             kind, item = self._queue.get()
-            if kind == "controller":
-                self._controller = item
-                continue
             if kind == "end":
                 self._thread.join()
                 if self._latest.get("nonfinite") and self._error is None:
@@ -207,43 +208,26 @@ class CreagenTrial(tune.Trainable):
         self._reset_run()
 
     def cleanup(self) -> None:
-        """Stop the Train run (abort releases its workers and placement group), then the queue."""
+        """Stop the Train run (it ends at its next report and releases its workers), then the queue."""
         self._stop_run()
 
     def _stop_run(self) -> None:
         if self._thread is None:
             return
-        if self._finished:
-            self._thread.join(timeout=FINISH_TIMEOUT_S)  # the run is ending by itself
-        if self._thread.is_alive():
-            self._abort()
-            self._thread.join(timeout=ABORT_TIMEOUT_S)
-        if self._queue is not None:
-            self._queue.shutdown(force=True)
-        self._thread = None
-
-    def _abort(self) -> None:
-        """Ask the Train controller to abort, draining the relay queue so it is never blocked on us."""
         assert self._queue is not None
-        deadline = time.monotonic() + ABORT_TIMEOUT_S
-        ref = None
-        while time.monotonic() < deadline:
-            try:
-                kind, item = self._queue.get_nowait()
-                if kind == "controller":
-                    self._controller = item
+        if not self._finished:
+            self._stop.set.remote()
+        timeout = FINISH_TIMEOUT_S if self._finished else STOP_TIMEOUT_S
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            try:  # drain the relay, so the Train controller is never blocked on us
+                self._queue.get(timeout=0.2)
             except Empty:
                 pass
-            if ref is None and self._controller is not None:
-                ref = self._controller.abort.remote()
-            if ref is not None and ray.wait([ref], timeout=0.2)[0]:
-                break
-            if self._thread is None or not self._thread.is_alive():
-                break
-            if ref is None:
-                time.sleep(0.2)
-        if ref is not None:
-            try:
-                ray.get(ref, timeout=1)
-            except Exception:  # noqa: BLE001 - abort() exits the controller actor: that is success
-                pass
+        if self._thread.is_alive():
+            # No public Ray API aborts a running TorchTrainer.fit from another thread; Tune now ends
+            # this actor, and the run's actors with it (their placement group: ray-project/ray#54305)
+            log.warning("trial %s: its Train run did not stop within %.0f s", self.trial_id, timeout)
+        self._queue.shutdown(force=True)
+        ray.kill(self._stop)
+        self._thread = None
