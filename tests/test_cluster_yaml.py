@@ -39,3 +39,20 @@ def test_cluster_yaml_has_cpu_and_gpu_workers_and_installs_the_project() -> None
     for commands, lock in zip(installs, ["cpu"] + ["gpu" if "GPU" in v["resources"] else "cpu" for v in workers.values()]):
         assert any(f"-r deploy/requirements-{lock}.lock" in c and "--no-deps -e ." in c for c in commands), commands
         assert (ROOT / f"deploy/requirements-{lock}.lock").is_file()
+
+
+def test_cluster_yaml_storage_through_the_node_role() -> None:
+    """Worker nodes reach the bucket through the instance profile docs/storage.md creates; the head runs no
+    training (CPU: 0, as tests/test_multinode.py runs it); no key or secret anywhere in the file."""
+    cfg = load()
+    text = (ROOT / "cluster.yaml").read_text()
+    docs = (ROOT / "docs" / "storage.md").read_text()
+    head = cfg["available_node_types"][cfg["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}
+    workers = [v for k, v in cfg["available_node_types"].items() if k != cfg["head_node_type"]]
+    for node in workers:
+        profile = node["node_config"]["IamInstanceProfile"]["Name"]
+        assert f"--instance-profile-name {profile}" in docs and f"--role-name {profile}" in docs
+    assert "s3://" in text and "docs/storage.md" in text
+    for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", "GOOGLE_APPLICATION_CREDENTIALS"):
+        assert secret not in text
