@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ray
 
-from creagen_ray.console import ray_log_level
+from creagen_ray.console import quiet, ray_log_level, reapply_after_import, runtime_env
 
 
 def connect_ray(address: str | None = None) -> None:
@@ -22,17 +22,19 @@ def connect_ray(address: str | None = None) -> None:
     """
     if ray.is_initialized():
         return
+    reapply_after_import()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    log_to_driver = not quiet()  # creagen --verbose: workers' output streamed here (console.py)
     if address and address != "local":
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return
     if address is None:
         if os.environ.get("RAY_ADDRESS"):
-            ray.init()
+            ray.init(log_to_driver=log_to_driver)
             return
         if (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").is_file():
             try:
-                ray.init(address="auto")
+                ray.init(address="auto", log_to_driver=log_to_driver)
                 return
             except ConnectionError:  # a stale record of a stopped cluster
                 pass
@@ -41,6 +43,7 @@ def connect_ray(address: str | None = None) -> None:
     ray.init(
         address="local",
         include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        runtime_env=runtime_env(pythonpath),
+        log_to_driver=log_to_driver,
         logging_config=ray.LoggingConfig(log_level=ray_log_level()),  # creagen --verbose: INFO, else WARNING
     )

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +51,71 @@ def test_every_subcommand_help_has_description_example_and_ranges() -> None:
     gen = " ".join(gen.split())
     assert "range 0.0 <= x <= 10.0 (default: 1.0)" in gen  # --temperature, from TextRequest's Field
     assert "range 1 <= x <= 2048 (default: 200)" in gen and "1e-06 <= x <= 1.0" in gen
+
+
+# What `creagen train` printed before issue 13's console work: Ray's internals, one pattern each.
+NOISE = (
+    "Token authentication is enabled",
+    "Progress bars disabled",
+    "Requesting resources",
+    "Attempting to start training worker group",
+    "Started training worker group",
+    "Setting up process group",
+    "Moving model to device",
+    "PreemptionWatcher",
+    "core_worker.cc",
+    "RayDeprecationWarning",
+    "Reporting training result",
+    "Checkpoint successfully created",
+    "Failed to query Ray Train Controller actor state",
+    "placement_group_cleaner",
+    "multiple active Ray instances",
+    "Traceback",
+)
+
+
+def _creagen_train(tmp: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("creagen")
+    cmd = [str(exe), "train", str(Path(__file__).resolve().parents[1] / "jobs/configs/demo-rnn.yaml"),
+           "--set", "train.steps=2", "--set", "train.num_workers=1", "--set", "train.eval_every=2",
+           "--set", "train.checkpoint_every=2", "--set", f"train.storage_path={tmp / 'runs'}", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+
+
+@pytest.mark.slow
+def test_train_console_is_quiet_beside_another_ray_and_verbose_brings_ray_back(tmp_path: Path) -> None:
+    """Default console of `creagen train`: progress + bundle line and none of Ray's noise, while a
+    second Ray (`ray start --head` in a private TMPDIR) runs on the machine; --verbose shows Ray's lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_DEDUP_LOGS", "RAY_ADDRESS")}
+    other_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths live under it
+    other = {**env, "TMPDIR": str(other_tmp), "RAY_AUTH_MODE": "disabled"}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    # --block: the head's processes are this child's; terminating it stops them (`ray stop` would
+    # stop every Ray on the machine, other users' too).
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--num-cpus=1", "--include-dashboard=false",
+                             "--port=0", "--object-store-memory=100000000", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=other)
+    try:
+        deadline = time.monotonic() + 120
+        while not (other_tmp / "ray" / "ray_current_cluster").is_file():
+            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+            time.sleep(0.5)
+        quiet = _creagen_train(tmp_path, env)
+        out = quiet.stdout + quiet.stderr
+        assert quiet.returncode == 0, out[-3000:]
+        for pattern in NOISE:
+            assert pattern not in out, (pattern, out[-3000:])
+        progress = [ln for ln in quiet.stdout.splitlines() if re.match(r"\[demo-rnn-rnn-\S+\] step 2/2 \(100%\)", ln)]
+        assert progress and "loss " in progress[0] and "tokens/s" in progress[0], quiet.stdout[:2000]
+        assert re.search(r"^bundle: .+/bundle$", quiet.stdout, re.M)
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(other_tmp, ignore_errors=True)
+    verbose = _creagen_train(tmp_path, env, "--verbose")
+    out = verbose.stdout + verbose.stderr
+    assert verbose.returncode == 0, out[-3000:]
+    assert "Started training worker group" in out and "Reporting training result" in out, out[-3000:]

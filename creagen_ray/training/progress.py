@@ -1,14 +1,21 @@
-"""Progress lines for `creagen train`: step/total, losses, throughput, ETA, checkpoints.
+"""Progress for `creagen train`: step/total, losses, val metric, throughput, ETA, checkpoints.
 
 `ProgressCallback` is a Ray Train `UserCallback`: it runs in the Train controller (one place that
-sees every rank's report), sums the ranks' throughput, and prints one plain line per report.
-Ray forwards the controller's stdout to the driver, so the lines appear in the terminal (and in a
-Ray Job's logs).
+sees every rank's report) and sums the ranks' throughput. Without an events file it prints one
+plain line per report (Ray forwards the controller's stdout to the driver: Tune trials, library
+callers). With one (`ProgressDisplay.path`), it appends the report there and the driver's
+`ProgressDisplay` draws it: one tqdm bar on a terminal, one plain line per report otherwise (logs,
+pipes, tests). Ray Train V2 pins the controller to the driver's node, so a local file reaches it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+import sys
+import tempfile
+import threading
+from typing import Any, TextIO
 
 from ray.train import UserCallback
 
@@ -43,28 +50,119 @@ def format_progress(
     return "  ".join(parts)
 
 
-class ProgressCallback(UserCallback):
-    """Print a progress line after every report (runs in the Ray Train controller)."""
+def format_postfix(metrics: list[dict[str, Any]], unit: str, shown: tuple[str, ...]) -> str:
+    """The bar's right-hand side: rank 0's `shown` metrics and the summed throughput."""
+    m = metrics[0]
+    parts = [f"{k} {float(m[k]):.4f}" for k in shown if k in m]
+    parts.append(f"{sum(float(r.get('items_per_s', 0.0)) for r in metrics):,.0f} {unit}/s")
+    return "  ".join(parts)
 
-    def __init__(self, name: str, unit: str, shown: tuple[str, ...] = ("loss",)) -> None:
+
+class ProgressCallback(UserCallback):
+    """Report progress after every report (runs in the Ray Train controller): a line, or an event for the driver."""
+
+    def __init__(self, name: str, unit: str, shown: tuple[str, ...] = ("loss",), events: str | None = None) -> None:
         self.name = name
         self.unit = unit
         self.shown = shown  # the family's progress_metrics
         self.warned: set[str] = set()
+        self.events = events  # ProgressDisplay's file on the driver's node; None: print
+
+    def _emit(self, line: str, **event: Any) -> None:
+        if self.events is None:
+            print(line, flush=True)
+            return
+        with open(self.events, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"line": line, **event}) + "\n")
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         """Called by Ray Train once all ranks reported."""
         warning = metrics[0].get("resume_warning") if metrics else None
         if warning and warning not in self.warned:  # a corrupt latest checkpoint was skipped on resume
             self.warned.add(warning)
-            print(f"[{self.name}] WARNING: {warning}", flush=True)
+            self._emit(f"[{self.name}] WARNING: {warning}")
         if metrics:
-            print(format_progress(self.name, metrics, self.unit, checkpoint is not None, self.shown), flush=True)
+            m = metrics[0]
+            self._emit(
+                format_progress(self.name, metrics, self.unit, checkpoint is not None, self.shown),
+                step=int(m.get("step", 0)),
+                total=int(m.get("total_steps", 0)),
+                postfix=format_postfix(metrics, self.unit, self.shown) + ("  checkpoint" if checkpoint is not None else ""),
+            )
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         """Say which rank failed and that Ray Train decides whether to restart from a checkpoint."""
         for rank, err in sorted(worker_exceptions.items()):
-            print(f"[{self.name}] worker {rank} failed: {type(err).__name__}: {err}", flush=True)
+            self._emit(f"[{self.name}] worker {rank} failed: {type(err).__name__}: {err}")
+
+
+class ProgressDisplay:
+    """The driver's view of one run: a tqdm bar on a terminal, else one plain line per report.
+
+        with ProgressDisplay(name) as display:
+            trainer = build_trainer(..., progress_events=display.path)
+            trainer.fit()
+    """
+
+    def __init__(self, name: str, stream: TextIO | None = None, poll_s: float = 0.2) -> None:
+        self.name = name
+        self.stream = stream or sys.stdout
+        self.poll_s = poll_s
+        fd, self.path = tempfile.mkstemp(prefix="creagen-progress-", suffix=".jsonl")
+        os.close(fd)
+        self._offset = 0
+        self._bar: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="creagen-progress", daemon=True)
+
+    def __enter__(self) -> "ProgressDisplay":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._drain()
+        if self._bar is not None:
+            self._bar.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._drain()
+
+    def _drain(self) -> None:
+        """Show every complete event appended since the last call."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except OSError:
+            return
+        complete = chunk[: chunk.rfind("\n") + 1]
+        self._offset += len(complete.encode("utf-8"))
+        for line in complete.splitlines():
+            self._show(json.loads(line))
+
+    def _show(self, event: dict[str, Any]) -> None:
+        if not self.stream.isatty() or "step" not in event:
+            if self._bar is not None:
+                self._bar.write(event["line"], file=self.stream)
+            else:
+                print(event["line"], file=self.stream, flush=True)
+            return
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar.total != event["total"]:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = tqdm(total=event["total"] or None, desc=self.name, unit="step", file=self.stream, dynamic_ncols=True)
+        self._bar.n = event["step"]
+        self._bar.set_postfix_str(event["postfix"], refresh=False)
+        self._bar.refresh()
 
 
 class MetricsLogCallback(UserCallback):

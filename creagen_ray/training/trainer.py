@@ -17,6 +17,7 @@ gets a fresh timestamped name. `TorchTrainer(resume_from_checkpoint=...)` is dep
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -33,12 +34,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from creagen_ray import storage
 from creagen_ray.bundle import write_bundle
 from creagen_ray.cluster import connect_ray
+from creagen_ray.console import train_log_level
 from creagen_ray.config import ExperimentConfig, resolve_path, with_resolved_paths
 from creagen_ray.families import Family, build_family, family_class
 from creagen_ray.metrics.report import quality_section
 from creagen_ray.training.checkpoint import load_ray_checkpoint
 from creagen_ray.training.loop import batch_columns, train_loop_per_worker
-from creagen_ray.training.progress import ProgressCallback
+from creagen_ray.training.progress import ProgressCallback, ProgressDisplay
 from creagen_ray.training.tracking import Tracker
 
 
@@ -136,6 +138,7 @@ def build_trainer(
     resume_from_checkpoint: Any = None,
     progress: bool = False,
     stop_signal: Any = None,
+    progress_events: str | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running the generic loop on `prepared` data (Tune builds one per trial).
 
@@ -180,7 +183,7 @@ def build_trainer(
     cbs = list(callbacks or [])
     if progress:
         shown = family_class(cfg.model.family).progress_metrics
-        cbs.append(ProgressCallback(run_name, item_unit(cfg, prepared), shown))
+        cbs.append(ProgressCallback(run_name, item_unit(cfg, prepared), shown, events=progress_events))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -197,6 +200,7 @@ def build_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
             callbacks=cbs,
+            logging_config=ray.train.LoggingConfig(log_level=train_log_level()),  # Train's INFO lines: --verbose
         ),
         datasets=datasets,
     )
@@ -263,11 +267,14 @@ def train(
     prepared = prepare_data(cfg.data, storage_path=cfg.train.storage_path)
     name = run_name or default_run_name(cfg)
     tracker = Tracker(cfg, name, storage.join(storage_uri(cfg.train.storage_path), name)).start()  # train.tracking
+    display = ProgressDisplay(name) if progress else contextlib.nullcontext()
     trainer = build_trainer(
-        cfg, prepared, run_name=name, callbacks=[*(callbacks or []), *tracker.callbacks()], progress=progress
+        cfg, prepared, run_name=name, callbacks=[*(callbacks or []), *tracker.callbacks()], progress=progress,
+        progress_events=display.path if progress else None,
     )
     try:
-        result = fit(trainer)
+        with display:  # the one progress display of the run (training/progress.py)
+            result = fit(trainer)
         if result.checkpoint is None:
             raise RuntimeError(f"run {name} finished without a checkpoint; nothing to export")
     except BaseException:
