@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from creagen_ray import __version__
-from creagen_ray.console import LEVEL_ENV, configure, ray_log_level
+from creagen_ray.console import LEVEL_ENV, QUIET_LOGGERS, configure, quiet, ray_log_level, train_log_level
 
 
 def test_version_flag() -> None:
@@ -32,8 +32,12 @@ def test_verbose_flag_controls_ray_log_level(monkeypatch: pytest.MonkeyPatch) ->
     try:
         configure(verbose=False)
         assert ray_log_level() == "WARNING" and not logging.getLogger("ray.train").isEnabledFor(logging.INFO)
+        assert quiet() and train_log_level() == "WARNING"  # Ray Train's RunConfig logging_config; no log_to_driver
+        assert not logging.getLogger(QUIET_LOGGERS[0]).isEnabledFor(logging.WARNING)
         configure(verbose=True)
         assert ray_log_level() == "INFO" and logging.getLogger("ray.train").isEnabledFor(logging.INFO)
+        assert not quiet() and train_log_level() == "INFO"
+        assert logging.getLogger(QUIET_LOGGERS[0]).isEnabledFor(logging.WARNING)
     finally:
         logging.getLogger("ray").setLevel(old)
 
@@ -79,7 +83,7 @@ def _creagen_train(tmp: Path, env: dict[str, str], *extra: str) -> subprocess.Co
     cmd = [str(exe), "train", str(Path(__file__).resolve().parents[1] / "jobs/configs/demo-rnn.yaml"),
            "--set", "train.steps=2", "--set", "train.num_workers=1", "--set", "train.eval_every=2",
            "--set", "train.checkpoint_every=2", "--set", f"train.storage_path={tmp / 'runs'}", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
 
 
 @pytest.mark.slow
@@ -100,14 +104,15 @@ def test_train_console_is_quiet_beside_another_ray_and_verbose_brings_ray_back(t
         while not (other_tmp / "ray" / "ray_current_cluster").is_file():
             assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
             time.sleep(0.5)
-        quiet = _creagen_train(tmp_path, env)
-        out = quiet.stdout + quiet.stderr
-        assert quiet.returncode == 0, out[-3000:]
+        run = _creagen_train(tmp_path, env)
+        out = run.stdout + run.stderr
+        assert run.returncode == 0, out[-3000:]
         for pattern in NOISE:
             assert pattern not in out, (pattern, out[-3000:])
-        progress = [ln for ln in quiet.stdout.splitlines() if re.match(r"\[demo-rnn-rnn-\S+\] step 2/2 \(100%\)", ln)]
-        assert progress and "loss " in progress[0] and "tokens/s" in progress[0], quiet.stdout[:2000]
-        assert re.search(r"^bundle: .+/bundle$", quiet.stdout, re.M)
+        progress = [ln for ln in run.stdout.splitlines() if re.match(r"\[demo-rnn-rnn-\S+\] step 2/2 \(100%\)", ln)]
+        assert progress and "loss " in progress[0] and "tokens/s" in progress[0], run.stdout[:2000]
+        bundle = re.search(r"^bundle: (.+/bundle)$", run.stdout, re.M)
+        assert bundle and (Path(bundle.group(1)) / "ngrams.bin").is_file()  # the memorization index (text)
     finally:
         head.terminate()
         try:
@@ -115,7 +120,45 @@ def test_train_console_is_quiet_beside_another_ray_and_verbose_brings_ray_back(t
         except subprocess.TimeoutExpired:
             head.kill()
         shutil.rmtree(other_tmp, ignore_errors=True)
-    verbose = _creagen_train(tmp_path, env, "--verbose")
+    # --verbose (a cheaper Ray command than a second training): Ray's own lines are back
+    exe = Path(sys.executable).with_name("creagen")
+    verbose = subprocess.run(
+        [str(exe), "prepare", str(Path(__file__).resolve().parents[1] / "jobs/configs/demo-rnn.yaml"), "--force",
+         "--set", f"train.storage_path={tmp_path / 'prep'}", "--verbose"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )
     out = verbose.stdout + verbose.stderr
     assert verbose.returncode == 0, out[-3000:]
-    assert "Started training worker group" in out and "Reporting training result" in out, out[-3000:]
+    assert "Token authentication is enabled" in out and "Started a local Ray instance" in out, out[-3000:]
+
+
+def test_progress_display_bar_on_a_terminal_lines_otherwise(tmp_path: Path) -> None:
+    """The driver's display of the controller's reports: one tqdm bar (step/total, loss, val, rate, ETA) on a
+    TTY; one plain line per report on a pipe; a failure line shows in both."""
+    import io
+    import json
+
+    from creagen_ray.training.progress import ProgressDisplay
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    events = [
+        {"line": "[run] step 2/4 (50%)  loss 2.0000", "step": 2, "total": 4, "postfix": "loss 2.0000  val_loss 2.1000  900 tokens/s"},
+        {"line": "[run] worker 1 failed: RuntimeError: boom"},
+        {"line": "[run] step 4/4 (100%)  loss 1.0000", "step": 4, "total": 4, "postfix": "loss 1.0000  val_loss 1.5000  950 tokens/s"},
+    ]
+    for stream in (Tty(), io.StringIO()):
+        with ProgressDisplay("run", stream=stream, poll_s=0.01) as display:
+            with open(display.path, "a", encoding="utf-8") as f:
+                for e in events:
+                    f.write(json.dumps(e) + "\n")
+        text = stream.getvalue()
+        assert "worker 1 failed: RuntimeError: boom" in text
+        if isinstance(stream, Tty):
+            assert "\r" in text and "4/4" in text and "val_loss 1.5000" in text and "step 2/4 (50%)" not in text
+            assert "<" in text  # tqdm's elapsed<remaining (ETA)
+        else:
+            assert text.splitlines() == [e["line"] for e in events]
+        assert not Path(display.path).exists()
