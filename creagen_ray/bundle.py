@@ -8,6 +8,7 @@ A bundle is a directory that describes and verifies itself:
     tokenizer.json        text families only
     metrics.json          final training / evaluation metrics
     data_manifest.json    the prepared dataset's manifest (optional; used for novelty checks)
+    ngrams.bin/.json      text families: the training corpus' n-gram index (memorization check)
     manifest.json         format, family, and the sha256 of every file above
     manifest.sig          optional: HMAC-SHA256 of manifest.json under an operator's key (`creagen sign`)
 
@@ -62,6 +63,7 @@ def write_bundle(
     out_dir: str | Path,
     metrics: dict[str, Any] | None = None,
     data_manifest: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path | str:
     """Export a trained family as a verified bundle directory (written to a temp dir, then renamed).
 
@@ -72,7 +74,7 @@ def write_bundle(
 
     if storage.is_uri(out_dir):
         with tempfile.TemporaryDirectory(prefix="creagen-bundle-") as tmp:
-            local = write_bundle(family, Path(tmp) / "bundle", metrics, data_manifest)
+            local = write_bundle(family, Path(tmp) / "bundle", metrics, data_manifest, extra_files)
             return storage.upload_dir(local, str(out_dir), last=MANIFEST)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,10 @@ def write_bundle(
         (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, sort_keys=True, default=float))
         if data_manifest is not None:
             (tmp / "data_manifest.json").write_text(json.dumps(data_manifest, indent=2, default=str))
+        for name, data in (extra_files or {}).items():  # e.g. the memorization index (plain names only)
+            if Path(name).name != name or name in (MANIFEST, SIGNATURE):
+                raise BundleError(f"invalid extra bundle file name {name!r}")
+            (tmp / name).write_bytes(data)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = {"format": FORMAT, "family": family.name, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from creagen_ray.config import ConfigError, ImageRequest, TextRequest, config_schema, dump_config, load_config, read_config, validate_config
+from creagen_ray.serving.settings import MemorizationSettings
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -157,6 +158,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=_api_key(args),
         signing_key_file=args.signing_key_file,
         max_concurrent_per_client=args.max_concurrent_per_client,
+        memorization=args.memorization,
+        request_log=args.request_log,
     )
 
 
@@ -317,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     _secret_args(p, "required in the X-API-Key header")
     p.add_argument("--signing-key-file", default=None, help="serve only bundles signed with this key (creagen sign)")
     p.add_argument("--max-concurrent-per-client", type=int, default=None, help="requests in flight per client; more get 429")
+    p.add_argument("--memorization", choices=["off", "flag", "refuse"], default="off",
+                   help=field_help(MemorizationSettings, "mode", "copy check of text responses"))
+    p.add_argument("--request-log", default=None, metavar="FILE",
+                   help="opt-in: append every request and output, UNREDACTED, as JSON lines to FILE (off by default)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sign", help="sign bundles' manifests with an HMAC key (for serve's require_signature)")
@@ -335,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     _document_subcommands(sub)
     for p in sub.choices.values():  # `creagen train CONFIG --verbose` as well as `creagen --verbose train ...`
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="print the full traceback of a failure (it always goes to a log file)")
+                       help="show Ray's own log lines and warnings (hidden by default) and the full traceback of a failure")
     return parser
 
 

@@ -15,7 +15,7 @@ TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 IMAGE_SIZE = 16
 
 
-def text_bundle(out: Path, steps: int = 30, seq_len: int = 32) -> Path:
+def text_bundle(out: Path, steps: int = 30, seq_len: int = 32, extra_files: dict[str, bytes] | None = None) -> Path:
     """A small char GRU trained `steps` steps on a pangram; vocab = the pangram's characters."""
     tok = CharTokenizer.fit(TEXT)
     cfg = ExperimentConfig(
@@ -31,7 +31,7 @@ def text_bundle(out: Path, steps: int = 30, seq_len: int = 32) -> Path:
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - seq_len - 1, (16,), generator=g)
         family.train_step({"tokens": torch.stack([ids[s : s + seq_len + 1] for s in starts])})
-    return write_bundle(family, out, metrics={"loss": 1.0, "steps": steps})
+    return write_bundle(family, out, metrics={"loss": 1.0, "steps": steps}, extra_files=extra_files)
 
 
 def shapes(n: int, seed: int = 0) -> torch.Tensor:

@@ -159,6 +159,34 @@ class NGramIndex:
         pos[pos == self._hashes.size] = 0
         return self._hashes[pos] == h
 
+    def longest_copied_span(self, text: str) -> int:
+        """Length (in units) of the longest run of `text` whose every n-gram is in the corpus; 0 when none is.
+
+        A run of r consecutive copied n-grams spans r + n - 1 units (the usual n-gram approximation
+        of a verbatim copy: each overlapping window occurs in the corpus).
+        """
+        hit = self.contains(text)
+        if not hit.any():
+            return 0
+        edges = np.diff(np.concatenate(([0], hit.astype(np.int8), [0])))
+        runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+        return int(runs.max()) + self.n - 1
+
+    def hashes_bytes(self) -> bytes:
+        """The sorted distinct n-gram hashes as little-endian uint64 bytes (what a bundle stores)."""
+        return self._hashes.astype("<u8").tobytes()
+
+    @classmethod
+    def from_hashes(cls, data: bytes, n: int) -> "NGramIndex":
+        """A char-unit index from `hashes_bytes` output (plain numbers, no pickle)."""
+        if len(data) % 8:
+            raise ValueError("n-gram index: length is not a multiple of 8 bytes")
+        index = cls.__new__(cls)
+        index.n, index.unit, index._vocab = n, "char", {}
+        index._hashes = np.frombuffer(data, dtype="<u8").astype(np.uint64)
+        index.num_ngrams = int(index._hashes.size)
+        return index
+
     def copied_fraction(self, samples: str | Iterable[str]) -> float:
         """Share of the samples' n-grams (counted with repetition) found verbatim in the corpus."""
         found = total = 0

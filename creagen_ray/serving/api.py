@@ -14,8 +14,11 @@ import contextvars
 import hashlib
 import hmac
 import json
+import logging
 import math
+import os
 import secrets
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Literal, Protocol
@@ -29,6 +32,7 @@ from pydantic import BaseModel, Field
 from creagen_ray.bundle import BundleError
 from creagen_ray.config import ImageRequest, InterpolateRequest, Strict, TextRequest
 from creagen_ray.images import decode_png, png_bytes
+from creagen_ray import memorization
 from creagen_ray.provenance import headers as provenance_headers
 from creagen_ray.provenance import provenance, with_png_text
 from creagen_ray.serving.settings import ServeConfig
@@ -91,6 +95,9 @@ class TextResponse(BaseModel):
     model: str
     texts: list[str]
     provenance: dict[str, str] = Field(default_factory=dict, description="also sent as X-Creagen-* headers")
+    memorization: dict[str, Any] | None = Field(
+        None, description="with memorization.mode flag/refuse: longest span per text copied from the training corpus"
+    )
 
 
 class ImagesResponse(BaseModel):
@@ -119,6 +126,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("missing or wrong X-API-Key header"),
     404: _error("unknown model id"),
     409: _error("the bundle failed verification and is not served"),
+    451: _error("memorization.mode=refuse: a sample copies the training corpus past max_copied_chars"),
     413: _error("request body over max_body_bytes"),
     429: _error("this client already has max_concurrent_per_client requests in flight (see Retry-After)"),
     503: _error("the service is overloaded or starting"),
@@ -202,6 +210,35 @@ def record_of(info: ModelInfo, req: BaseModel) -> dict[str, str]:
     """The provenance record of one request to one model (see creagen_ray/provenance.py)."""
     params = req.model_dump(exclude={"seed", "prompt"})  # the prompt is the user's: not echoed
     return provenance(info.id, info.bundle_sha256, getattr(req, "seed", None), params)
+
+
+REQUEST_LOG_NOTICE = (
+    "request log ON: every generation request and its output (prompts, uploaded images, generated texts) "
+    "is appended UNREDACTED to {path}"
+)
+
+
+class RequestLog:
+    """The opt-in request log (`ServeConfig.request_log`): one JSON line per generation, nothing redacted.
+
+    Each line is one `os.write` to a file opened with O_APPEND (mode 0600), so lines from several
+    replicas on one machine do not interleave. Text outputs are written whole; image outputs as
+    their provenance record (model, bundle sha256, seed, parameters: enough to remake them), not pixels.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        logging.getLogger("creagen_ray.serving").warning(REQUEST_LOG_NOTICE.format(path=path))
+
+    def write(self, endpoint: str, request: dict[str, Any], output: dict[str, Any]) -> None:
+        """Append one line: time, endpoint, the request as received, the output."""
+        line = {"time": time.time(), "endpoint": endpoint, "request": request, "output": output}
+        data = (json.dumps(line, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
 
 def seeded(req: Any) -> Any:
@@ -372,6 +409,7 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         version="1",
         description="Generate text and images from trained RNN, VAE and GAN bundles.",
     )
+    log = RequestLog(config.request_log) if config.request_log else None  # opt-in, unredacted
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -445,14 +483,32 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         req: TextRequest = seeded(request_of(body, TextRequest))
         cost_cap(("n", "max_new_tokens"), (req.n, req.max_new_tokens), config.max_request_tokens, "max_new_tokens")
         record = record_of(info, req)
+        memo = config.memorization
         if not body.stream:
             texts = await within(backend.generate(info.id, req))
-            body_out = TextResponse(model=info.id, texts=texts, provenance=record)
-            return JSONResponse(body_out.model_dump(), headers=provenance_headers(record))
+            check = None
+            if memo.mode != "off":
+                index = await asyncio.to_thread(memorization.load_index, info.path, info.digest)
+                check = memorization.check_texts(index, texts, memo.max_copied_chars)
+            hdrs = {**provenance_headers(record), **memorization.headers(check)}
+            if memo.mode == "refuse" and check is not None and check.get("flagged"):
+                longest = max(check["longest_copied_chars"])
+                detail = (f"refused: a sample copies {longest} characters verbatim from the training corpus "
+                          f"(memorization.max_copied_chars={memo.max_copied_chars})")
+                return JSONResponse({"detail": detail}, status_code=451, headers=hdrs)
+            body_out = TextResponse(model=info.id, texts=texts, provenance=record, memorization=check)
+            if log is not None:
+                await asyncio.to_thread(log.write, "/v1/text/generate", body.model_dump(), body_out.model_dump(exclude_none=True))
+            return JSONResponse(body_out.model_dump(exclude_none=True), headers=hdrs)
+        if memo.mode == "refuse":
+            raise field_error("stream", "memorization.mode=refuse checks whole responses: use stream=false", True)
         if req.n != 1:
             raise field_error("n", "stream=true produces one sample; use n=1", req.n)
+        pieces = backend.stream(info.id, req)
+        if log is not None:
+            pieces = _logged(pieces, log, body.model_dump(), record)
         return StreamingResponse(
-            _events(backend.stream(info.id, req), deadline_s(config)),
+            _events(pieces, deadline_s(config)),
             media_type="text/event-stream",
             headers=provenance_headers(record),
         )
@@ -465,7 +521,10 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         cost_cap(("n", "model"), (body.n, pixels(info)), config.max_request_pixels, "pixels per image")
         req = seeded(request_of(body, ImageRequest))
         images = await within(backend.generate(info.id, req))
-        return await asyncio.to_thread(image_response, info.id, images, body.format, None, record_of(info, req))
+        record = record_of(info, req)
+        if log is not None:
+            await asyncio.to_thread(log.write, "/v1/images/generate", body.model_dump(), {"images": len(images), "provenance": record})
+        return await asyncio.to_thread(image_response, info.id, images, body.format, None, record)
 
     @api.post("/v1/images/interpolate", responses=IMAGE_OK)
     async def images_interpolate(body: InterpolateBody) -> Response:
@@ -475,7 +534,10 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         cost_cap(("steps", "model"), (body.steps, pixels(info)), config.max_request_pixels, "pixels per image")
         req = request_of(body, InterpolateRequest)
         images = await within(backend.generate(info.id, req))
-        return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps, record_of(info, req))
+        record = record_of(info, req)
+        if log is not None:
+            await asyncio.to_thread(log.write, "/v1/images/interpolate", body.model_dump(), {"images": len(images), "provenance": record})
+        return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps, record)
 
     @api.post("/v1/images/reconstruct", responses=IMAGE_OK)
     async def images_reconstruct(body: ReconstructBody) -> Response:
@@ -485,12 +547,30 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         x = await asyncio.to_thread(decode_upload, body.image, int(info.spec["channels"]), int(info.spec["image_size"]))
         images = await within(backend.reconstruct(info.id, x))
         record = provenance(info.id, info.bundle_sha256, None, {"reconstruct": True})
+        if log is not None:
+            await asyncio.to_thread(log.write, "/v1/images/reconstruct", body.model_dump(), {"images": len(images), "provenance": record})
         return await asyncio.to_thread(image_response, info.id, images, body.format, None, record)
 
     api.add_middleware(DeadlineMiddleware)
     api.add_middleware(ClientLimitMiddleware, max_per_client=config.max_concurrent_per_client)
     api.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)  # outermost
     return api
+
+
+async def _logged(pieces: AsyncIterator[str], log: RequestLog, request: dict[str, Any], record: dict[str, str]) -> AsyncIterator[str]:
+    """Pass a text stream through, then log the request with the whole streamed text (also when cut short)."""
+    got: list[str] = []
+    try:
+        async for piece in pieces:
+            got.append(piece)
+            yield piece
+    finally:
+        close = getattr(pieces, "aclose", None)
+        if close is not None:
+            await close()  # stop the generation now, as _events would
+        await asyncio.to_thread(
+            log.write, "/v1/text/generate", request, {"texts": ["".join(got)], "provenance": record, "stream": True}
+        )
 
 
 async def _events(pieces: AsyncIterator[str], deadline_s: float) -> AsyncIterator[bytes]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ray import serve
 
 from creagen_ray.cluster import connect_ray
 
+from creagen_ray.serving.api import REQUEST_LOG_NOTICE
 from creagen_ray.serving.app import build_app
 from creagen_ray.serving.settings import ServeConfig
 
@@ -29,6 +31,8 @@ def serve_forever(
     api_key: str | None = None,
     signing_key_file: str | None = None,
     max_concurrent_per_client: int | None = None,
+    memorization: str = "off",
+    request_log: str | None = None,
 ) -> int:
     """Serve `bundles` until Ctrl-C, then shut Serve down; the CLI's exit code."""
     config = ServeConfig(
@@ -37,7 +41,11 @@ def serve_forever(
         require_signature=signing_key_file is not None,
         signing_key_file=signing_key_file,
         max_concurrent_per_client=max_concurrent_per_client,
+        memorization={"mode": memorization},
+        request_log=str(Path(request_log).expanduser().resolve()) if request_log else None,
     )
+    if config.request_log:
+        print("creagen serve: " + REQUEST_LOG_NOTICE.format(path=config.request_log), flush=True)
     url = start_serve(config, host, port)
     print(f"creagen serving at {url}  (models: {url}/v1/models, docs: {url}/docs); Ctrl-C stops", flush=True)
     try:

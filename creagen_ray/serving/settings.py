@@ -59,6 +59,17 @@ class FamilySettings(DeploymentSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
 
 
+class MemorizationSettings(Strict):
+    """Memorization check per text response against the bundle's training n-gram index (creagen_ray/memorization.py)."""
+
+    mode: Literal["off", "flag", "refuse"] = Field(
+        "off", description="off; flag: report copied spans in JSON and X-Creagen-* headers; refuse: 451 past the threshold"
+    )
+    max_copied_chars: int = Field(
+        64, ge=12, le=100_000, description="a sample whose longest span copied from the training corpus reaches this is flagged"
+    )
+
+
 SIGNING_KEY_ENV = "CREAGEN_SIGNING_KEY"
 
 
@@ -96,6 +107,12 @@ class ServeConfig(Strict):
     max_request_tokens: int = Field(8192, ge=1, description="cap on n * max_new_tokens of one request (422 past it)")
     max_request_pixels: int = Field(64 * 64 * 64, ge=1, description="cap on n (or steps) * height * width (422 past it)")
     retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After of a 503 past the queue bound")
+    memorization: MemorizationSettings = Field(default_factory=MemorizationSettings)
+    request_log: str | None = Field(
+        None,
+        description="opt-in: append every generation request and its output, UNREDACTED (prompts, uploads, texts), "
+        "as JSON lines to this file (mode 0600). Off by default: nothing of a request is logged",
+    )
     ingress: DeploymentSettings = Field(default_factory=DeploymentSettings)
     families: dict[str, FamilySettings] = Field(
         default_factory=dict, description="per family name; a family not listed gets the defaults"

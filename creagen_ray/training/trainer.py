@@ -287,6 +287,10 @@ def train(
 
         metrics.update(text_sample_metrics(family, prepared))
     metrics["quality"] = quality_section(family, metrics, prepared)
-    bundle = write_bundle(family, bundle_location(cfg.train.storage_path, name), metrics, prepared.manifest)
+    from creagen_ray.memorization import index_files  # the memorization check's n-gram index (text)
+
+    bundle = write_bundle(
+        family, bundle_location(cfg.train.storage_path, name), metrics, prepared.manifest, extra_files=index_files(prepared)
+    )
     tracker.finish(family, str(bundle), metrics, prepared.spec.modality)
     return TrainResult(bundle, metrics, str(result.path), result.checkpoint, family)
