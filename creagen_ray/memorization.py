@@ -11,7 +11,14 @@ At serve time (`ServeConfig.memorization`, mode off | flag | refuse) each text r
 `longest_copied_chars` per sample: the longest run of the sample whose every 12-gram occurs in
 the indexed corpus (run + 11 characters). A sample at or above `max_copied_chars` is flagged
 (JSON `memorization`, `X-Creagen-Memorization: flagged`) or, in refuse mode, the request gets 451.
-Image models are not checked yet.
+
+Images: the bundle keeps the features of up to MAX_NEIGHBOURS training images (`neighbours.bin`,
+float16; `neighbours.json`). The feature of an image is its 8x8 mean-pooled pixels per channel
+(values in [0, 1]); the distance is the root-mean-square difference of two features, so 0 is the
+same picture at that resolution and 1 is black against white. Each generated image gets its
+distance to the nearest stored training image; at or below `min_neighbour_rms` it is flagged.
+This is a copy detector at thumbnail scale over a sample of the training set, not a perceptual
+similarity: a near copy of an image outside the sample, or a shifted copy, is not detected.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ import numpy as np
 
 from creagen_ray.metrics.text import NGramIndex
 
+NEIGHBOURS_FILE = "neighbours.bin"
+NEIGHBOURS_META = "neighbours.json"
+MAX_NEIGHBOURS = 2048
+POOL = 8
 INDEX_FILE = "ngrams.bin"
 INDEX_META = "ngrams.json"
 NGRAM = 12  # characters: shorter spans recur in any English text by chance
@@ -34,6 +45,9 @@ MAX_NGRAMS = 1_000_000
 def index_files(prepared: Any, max_ngrams: int = MAX_NGRAMS) -> dict[str, bytes]:
     """{ngrams.bin, ngrams.json} for a text model's bundle, built from the training split; {} for images."""
     tok = prepared.tokenizer
+    if prepared.spec.modality == "image":
+        images = prepared.read_numpy("train", ["image"])["image"]
+        return image_index_files(images)
     if tok is None or prepared.spec.modality != "text":
         return {}
     rows = prepared.read_numpy("train", ["tokens"])["tokens"]
@@ -66,9 +80,63 @@ def text_index_files(docs: Any, max_ngrams: int = MAX_NGRAMS, total: int | None 
     return {INDEX_FILE: index.hashes_bytes(), INDEX_META: json.dumps(meta, indent=2).encode()}
 
 
+def image_features(images: Any) -> np.ndarray:
+    """[N, C, H, W] images (uint8 0-255 or float in [0, 1]) -> [N, C*8*8] mean-pooled pixels in [0, 1]."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    x = x.float()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(x, POOL)
+    return pooled.flatten(1).numpy().astype(np.float32)
+
+
+def image_index_files(images: Any, max_images: int = MAX_NEIGHBOURS) -> dict[str, bytes]:
+    """{neighbours.bin, neighbours.json}: features of up to `max_images` training images, evenly spaced."""
+    n = len(images)
+    if n == 0:
+        return {}
+    pick = np.linspace(0, n - 1, min(n, max_images)).astype(int)
+    feats = image_features(np.asarray(images)[pick])
+    meta = {"kind": "mean-pooled-pixels", "pool": POOL, "dim": int(feats.shape[1]), "count": int(len(feats)),
+            "images_total": int(n), "distance": "rms difference of the pooled pixels, in [0, 1]"}
+    return {NEIGHBOURS_FILE: feats.astype("<f2").tobytes(), NEIGHBOURS_META: json.dumps(meta, indent=2).encode()}
+
+
+def nearest_distances(sample: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """For each feature row of `sample`, the RMS distance to its nearest row of `features`."""
+    d2 = (sample**2).sum(1)[:, None] + (features**2).sum(1)[None, :] - 2.0 * sample @ features.T
+    return np.sqrt(np.maximum(d2.min(1), 0.0) / sample.shape[1])
+
+
+def check_images(features: np.ndarray | None, images: Any, threshold: float) -> dict[str, Any]:
+    """The memorization record of an image response: nearest-training-neighbour distance per image."""
+    if features is None:
+        return {"checked": False, "reason": "the bundle has no training-feature sample (trained before it existed)"}
+    dist = nearest_distances(image_features(images), features)
+    return {
+        "checked": True,
+        "nearest_training_rms": [round(float(d), 5) for d in dist],
+        "min_neighbour_rms": threshold,
+        "flagged": bool((dist <= threshold).any()),
+    }
+
+
 @functools.lru_cache(maxsize=8)
 def load_index(location: str, digest: str | None) -> NGramIndex | None:
     """The bundle's verified n-gram index (None when it has none); cached per (bundle, manifest digest)."""
+    blobs = _verified_files(location, digest, (INDEX_FILE, INDEX_META))
+    if blobs is None:
+        return None
+    meta = json.loads(blobs[INDEX_META])
+    return NGramIndex.from_hashes(blobs[INDEX_FILE], int(meta["n"]))
+
+
+def _verified_files(location: str, digest: str | None, names: tuple[str, ...]) -> dict[str, bytes] | None:
+    """The named bundle files, each checked against the manifest's sha256; None when the manifest lacks one."""
     from creagen_ray import storage
     from creagen_ray.bundle import MANIFEST, BundleError
 
@@ -76,16 +144,26 @@ def load_index(location: str, digest: str | None) -> NGramIndex | None:
     if digest is not None and hashlib.sha256(manifest_bytes).hexdigest() != digest:
         raise BundleError(f"{location}: manifest changed since it was verified")
     files = json.loads(manifest_bytes).get("files", {})
-    if INDEX_FILE not in files or INDEX_META not in files:
+    if any(n not in files for n in names):
         return None
-    blobs = {}
-    for name in (INDEX_FILE, INDEX_META):
+    out = {}
+    for name in names:
         data = storage.read_bytes(storage.join(location, name))
         if hashlib.sha256(data).hexdigest() != files[name]:
             raise BundleError(f"{location}/{name} does not match its sha256 in the manifest")
-        blobs[name] = data
-    meta = json.loads(blobs[INDEX_META])
-    return NGramIndex.from_hashes(blobs[INDEX_FILE], int(meta["n"]))
+        out[name] = data
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def load_features(location: str, digest: str | None) -> np.ndarray | None:
+    """The bundle's verified training-feature sample [count, dim] (None when it has none); cached."""
+    blobs = _verified_files(location, digest, (NEIGHBOURS_FILE, NEIGHBOURS_META))
+    if blobs is None:
+        return None
+    meta = json.loads(blobs[NEIGHBOURS_META])
+    feats = np.frombuffer(blobs[NEIGHBOURS_FILE], dtype="<f2").astype(np.float32)
+    return feats.reshape(int(meta["count"]), int(meta["dim"]))
 
 
 def check_texts(index: NGramIndex | None, texts: list[str], threshold: int) -> dict[str, Any]:
@@ -102,12 +180,14 @@ def check_texts(index: NGramIndex | None, texts: list[str], threshold: int) -> d
 
 
 def headers(record: dict[str, Any] | None) -> dict[str, str]:
-    """X-Creagen-Memorization (ok | flagged | unchecked) and X-Creagen-Copied-Chars (the longest span)."""
+    """X-Creagen-Memorization (ok | flagged | unchecked), X-Creagen-Copied-Chars (text) / -Nearest-Training-Rms (images)."""
     if record is None:
         return {}
     if not record["checked"]:
         return {"X-Creagen-Memorization": "unchecked"}
-    return {
-        "X-Creagen-Memorization": "flagged" if record["flagged"] else "ok",
-        "X-Creagen-Copied-Chars": str(max(record["longest_copied_chars"], default=0)),
-    }
+    out = {"X-Creagen-Memorization": "flagged" if record["flagged"] else "ok"}
+    if "longest_copied_chars" in record:
+        out["X-Creagen-Copied-Chars"] = str(max(record["longest_copied_chars"], default=0))
+    else:
+        out["X-Creagen-Nearest-Training-Rms"] = str(min(record["nearest_training_rms"], default=1.0))
+    return out

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,43 @@ def test_prompts_never_logged_by_default_and_request_log_is_opt_in(
     assert len(lines) == 2 and oct(log.stat().st_mode & 0o777) == "0o600"
     assert lines[0]["request"]["prompt"] == marker and lines[0]["output"]["texts"] == [reply]
     assert lines[1]["request"]["stream"] is True and lines[1]["output"]["texts"][0] and lines[1]["output"]["stream"]
+
+
+def test_image_nearest_training_neighbour_known_cases(tmp_path: Path) -> None:
+    """A training image is at distance 0 and flagged, a blank image is far; through HTTP, a GAN whose stored
+    training sample holds its own seed-7 output is flagged for seed 7 and refused (451); the same GAN with
+    only the training shapes stored is not flagged."""
+    from _serve_bundles import image_bundle, shapes
+    from creagen_ray.bundle import load_bundle, write_bundle
+    from creagen_ray.config import ImageRequest
+
+    train = shapes(64).numpy()
+    files = memorization.image_index_files(train)
+    meta = json.loads(files[memorization.NEIGHBOURS_META])
+    feats = np.frombuffer(files[memorization.NEIGHBOURS_FILE], dtype="<f2").astype(np.float32).reshape(meta["count"], -1)
+    assert memorization.check_images(feats, train[:3], 0.02)["flagged"]
+    far = memorization.check_images(feats, np.zeros((1, 1, 16, 16), dtype=np.uint8), 0.02)
+    assert not far["flagged"] and far["nearest_training_rms"][0] > 0.05
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        family = load_bundle(image_bundle(tmp_path / "raw", "gan", steps=3)).family
+        copied = family.generate(ImageRequest(n=4, seed=7))  # what the server will answer for seed 7
+        extra = memorization.image_index_files(torch.cat([copied, torch.as_tensor(train[:32]).float() / 255]))
+        write_bundle(family, tmp_path / "store" / "gan", extra_files=extra)
+        write_bundle(family, tmp_path / "store" / "gan_shapes", extra_files=memorization.image_index_files(train))
+    finally:
+        torch.set_num_threads(threads)
+    cfg = ServeConfig(bundles=[str(tmp_path / "store")], memorization={"mode": "flag", "min_neighbour_rms": 0.01})
+    with PlainServer(cfg, free_port()) as url, httpx.Client(base_url=url, timeout=60) as http:
+        r = http.post("/v1/images/generate", json={"model": "gan", "n": 4, "seed": 7, "format": "json"})
+        assert r.status_code == 200 and r.json()["memorization"]["flagged"], r.text[:500]
+        assert r.headers["x-creagen-memorization"] == "flagged" and float(r.headers["x-creagen-nearest-training-rms"]) <= 0.01
+        r = http.post("/v1/images/generate", json={"model": "gan_shapes", "n": 4, "seed": 7})
+        assert r.status_code == 200 and r.headers["x-creagen-memorization"] == "ok", r.headers
+        assert float(r.headers["x-creagen-nearest-training-rms"]) > 0.01
+    refuse = cfg.model_copy(update={"memorization": cfg.memorization.model_copy(update={"mode": "refuse"})})
+    with PlainServer(refuse, free_port()) as url, httpx.Client(base_url=url, timeout=60) as http:
+        r = http.post("/v1/images/generate", json={"model": "gan", "n": 4, "seed": 7})
+        assert r.status_code == 451 and "training image" in r.json()["detail"]

@@ -109,6 +109,9 @@ class ImagesResponse(BaseModel):
     channels: int
     images: list[str]
     provenance: dict[str, str] = Field(default_factory=dict, description="also in each PNG's text chunks")
+    memorization: dict[str, Any] | None = Field(
+        None, description="with memorization.mode flag/refuse: each image's distance to its nearest training image"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -126,7 +129,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("missing or wrong X-API-Key header"),
     404: _error("unknown model id"),
     409: _error("the bundle failed verification and is not served"),
-    451: _error("memorization.mode=refuse: a sample copies the training corpus past max_copied_chars"),
+    451: _error("memorization.mode=refuse: the output copies the training data past the configured threshold"),
     413: _error("request body over max_body_bytes"),
     429: _error("this client already has max_concurrent_per_client requests in flight (see Retry-After)"),
     503: _error("the service is overloaded or starting"),
@@ -193,6 +196,10 @@ class Overloaded(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class Memorized(RuntimeError):
+    """memorization.mode=refuse: the output copies the training data past the threshold (451)."""
+
+
 class DeadlineExceeded(RuntimeError):
     """The request ran past `request_timeout_s` (HTTP 504); its work was cancelled."""
 
@@ -249,17 +256,22 @@ def seeded(req: Any) -> Any:
 
 
 def image_response(
-    model_id: str, images: torch.Tensor, fmt: str, nrow: int | None = None, record: dict[str, str] | None = None
+    model_id: str,
+    images: torch.Tensor,
+    fmt: str,
+    nrow: int | None = None,
+    record: dict[str, str] | None = None,
+    check: dict[str, Any] | None = None,
 ) -> Response:
     """Images [N, C, H, W] in [0, 1] as one PNG grid, or JSON with one base64 PNG each; PNGs carry `record`."""
     record = record or {}
-    hdrs = provenance_headers(record)
+    hdrs = {**provenance_headers(record), **memorization.headers(check)}
     if fmt == "png":
         return Response(with_png_text(png_bytes(images, nrow), record), media_type="image/png", headers=hdrs)
     n, c, h, w = images.shape
     pngs = [base64.b64encode(with_png_text(png_bytes(images[i : i + 1]), record)).decode("ascii") for i in range(n)]
-    body = ImagesResponse(model=model_id, width=w, height=h, channels=c, images=pngs, provenance=record)
-    return JSONResponse(body.model_dump(), headers=hdrs)
+    body = ImagesResponse(model=model_id, width=w, height=h, channels=c, images=pngs, provenance=record, memorization=check)
+    return JSONResponse(body.model_dump(exclude_none=True), headers=hdrs)
 
 
 def sse(event: str | None, data: dict[str, Any]) -> bytes:
@@ -411,6 +423,10 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
     )
     log = RequestLog(config.request_log) if config.request_log else None  # opt-in, unredacted
 
+    @api.exception_handler(Memorized)
+    async def _memorized(_: Request, e: Memorized) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=451)
+
     @api.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": safe_errors(e.errors())}, status_code=422)
@@ -449,6 +465,19 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
                 return await work
         except TimeoutError:
             raise DeadlineExceeded(f"request exceeded its {limit:g} s deadline") from None
+
+    async def image_check(info: ModelInfo, images: torch.Tensor) -> dict[str, Any] | None:
+        """memorization flag/refuse: nearest-training-neighbour distances; refuse raises Memorized (451)."""
+        memo = config.memorization
+        if memo.mode == "off":
+            return None
+        feats = await asyncio.to_thread(memorization.load_features, info.path, info.digest)
+        check = memorization.check_images(feats, images, memo.min_neighbour_rms)
+        if memo.mode == "refuse" and check.get("flagged"):
+            nearest = min(check["nearest_training_rms"])
+            raise Memorized(f"refused: a generated image lies {nearest:g} (rms, 8x8 pooled) from a training image "
+                            f"(memorization.min_neighbour_rms={memo.min_neighbour_rms:g})")
+        return check
 
     def pixels(info: ModelInfo) -> int:
         size = int(info.spec.get("image_size", 0))
@@ -524,7 +553,8 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         record = record_of(info, req)
         if log is not None:
             await asyncio.to_thread(log.write, "/v1/images/generate", body.model_dump(), {"images": len(images), "provenance": record})
-        return await asyncio.to_thread(image_response, info.id, images, body.format, None, record)
+        check = await image_check(info, images)
+        return await asyncio.to_thread(image_response, info.id, images, body.format, None, record, check)
 
     @api.post("/v1/images/interpolate", responses=IMAGE_OK)
     async def images_interpolate(body: InterpolateBody) -> Response:
@@ -537,7 +567,8 @@ def build_api(store: BundleStore, backend: Backend, config: ServeConfig) -> Fast
         record = record_of(info, req)
         if log is not None:
             await asyncio.to_thread(log.write, "/v1/images/interpolate", body.model_dump(), {"images": len(images), "provenance": record})
-        return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps, record)
+        check = await image_check(info, images)
+        return await asyncio.to_thread(image_response, info.id, images, body.format, body.steps, record, check)
 
     @api.post("/v1/images/reconstruct", responses=IMAGE_OK)
     async def images_reconstruct(body: ReconstructBody) -> Response:

@@ -60,13 +60,18 @@ class FamilySettings(DeploymentSettings):
 
 
 class MemorizationSettings(Strict):
-    """Memorization check per text response against the bundle's training n-gram index (creagen_ray/memorization.py)."""
+    """Memorization check per response: text against the bundle's training n-gram index, images against its
+    stored training-feature sample (creagen_ray/memorization.py)."""
 
     mode: Literal["off", "flag", "refuse"] = Field(
         "off", description="off; flag: report copied spans in JSON and X-Creagen-* headers; refuse: 451 past the threshold"
     )
     max_copied_chars: int = Field(
         64, ge=12, le=100_000, description="a sample whose longest span copied from the training corpus reaches this is flagged"
+    )
+    min_neighbour_rms: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="an image whose 8x8-pooled rms distance to a stored training image is at most this is flagged",
     )
 
 
