@@ -4,15 +4,16 @@ At bundle time (`index_files`) the training split of a text model is decoded and
 12-grams are hashed into `ngrams.bin` (sorted little-endian uint64, no pickle) with `ngrams.json`
 (n, how many windows and characters it covers). Both are ordinary bundle files: listed in the
 manifest with their sha256 and verified when the server loads them. The index is capped at
-MAX_NGRAMS n-grams (8 bytes each: 8 MB); a corpus beyond it is covered from its start, and
-`ngrams.json` says how much.
+MAX_NGRAMS n-grams (8 bytes each: 8 MB); a corpus beyond it is covered from its start (only the
+shards needed are read), and `ngrams.json` says how much.
 
 At serve time (`ServeConfig.memorization`, mode off | flag | refuse) each text response gets
 `longest_copied_chars` per sample: the longest run of the sample whose every 12-gram occurs in
 the indexed corpus (run + 11 characters). A sample at or above `max_copied_chars` is flagged
 (JSON `memorization`, `X-Creagen-Memorization: flagged`) or, in refuse mode, the request gets 451.
 
-Images: the bundle keeps the features of up to MAX_NEIGHBOURS training images (`neighbours.bin`,
+Images: the bundle keeps the features of up to MAX_NEIGHBOURS training images, evenly spaced over
+the first shards holding 8 x MAX_NEIGHBOURS images (`neighbours.bin`,
 float16; `neighbours.json`). The feature of an image is its 8x8 mean-pooled pixels per channel
 (values in [0, 1]); the distance is the root-mean-square difference of two features, so 0 is the
 same picture at that resolution and 1 is black against white. Each generated image gets its
@@ -46,17 +47,36 @@ def index_files(prepared: Any, max_ngrams: int = MAX_NGRAMS) -> dict[str, bytes]
     """{ngrams.bin, ngrams.json} for a text model's bundle, built from the training split; {} for images."""
     tok = prepared.tokenizer
     if prepared.spec.modality == "image":
-        images = prepared.read_numpy("train", ["image"])["image"]
-        return image_index_files(images)
+        return image_index_files(_first_rows(prepared, "image", 8 * MAX_NEIGHBOURS), total=prepared.num_rows("train"))
     if tok is None or prepared.spec.modality != "text":
         return {}
-    rows = prepared.read_numpy("train", ["tokens"])["tokens"]
+    seq = int(prepared.spec.seq_len or 64)
+    rows = _first_rows(prepared, "tokens", max_ngrams // max(1, seq - NGRAM + 1) + 1)
 
     def decoded() -> Any:
         for row in rows:
             yield tok.decode([int(i) for i in row])
 
-    return text_index_files(decoded(), max_ngrams, total=len(rows))
+    return text_index_files(decoded(), max_ngrams, total=prepared.num_rows("train"))
+
+
+def _first_rows(prepared: Any, column: str, limit: int) -> np.ndarray:
+    """At least `limit` rows of the training split's `column` (whole shards, in order), never the whole of a big split."""
+    import pyarrow.parquet as pq
+    import ray.data  # noqa: F401  (registers Ray's tensor extension types, as PreparedData.read_numpy does)
+
+    parts: list[np.ndarray] = []
+    got = 0
+    for f in prepared.files("train"):
+        if got >= limit:
+            break
+        chunks = pq.read_table(str(f), columns=[column], filesystem=prepared.filesystem).column(column).chunks
+        arr = np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks]) if chunks else np.empty(0)
+        if arr.dtype == object:  # tensor extension columns come back as arrays of arrays
+            arr = np.stack(list(arr)) if len(arr) else arr
+        parts.append(arr)
+        got += len(arr)
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
 def text_index_files(docs: Any, max_ngrams: int = MAX_NGRAMS, total: int | None = None) -> dict[str, bytes]:
@@ -94,7 +114,7 @@ def image_features(images: Any) -> np.ndarray:
     return pooled.flatten(1).numpy().astype(np.float32)
 
 
-def image_index_files(images: Any, max_images: int = MAX_NEIGHBOURS) -> dict[str, bytes]:
+def image_index_files(images: Any, max_images: int = MAX_NEIGHBOURS, total: int | None = None) -> dict[str, bytes]:
     """{neighbours.bin, neighbours.json}: features of up to `max_images` training images, evenly spaced."""
     n = len(images)
     if n == 0:
@@ -102,7 +122,7 @@ def image_index_files(images: Any, max_images: int = MAX_NEIGHBOURS) -> dict[str
     pick = np.linspace(0, n - 1, min(n, max_images)).astype(int)
     feats = image_features(np.asarray(images)[pick])
     meta = {"kind": "mean-pooled-pixels", "pool": POOL, "dim": int(feats.shape[1]), "count": int(len(feats)),
-            "images_total": int(n), "distance": "rms difference of the pooled pixels, in [0, 1]"}
+            "images_sampled_from": int(n), "split_images": int(total if total is not None else n), "distance": "rms difference of the pooled pixels, in [0, 1]"}
     return {NEIGHBOURS_FILE: feats.astype("<f2").tobytes(), NEIGHBOURS_META: json.dumps(meta, indent=2).encode()}
 
 
