@@ -91,6 +91,7 @@ def test_train_console_is_quiet_beside_another_ray_and_verbose_brings_ray_back(t
     """Default console of `creagen train`: progress + bundle line and none of Ray's noise, while a
     second Ray (`ray start --head` in a private TMPDIR) runs on the machine; --verbose shows Ray's lines."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_DEDUP_LOGS", "RAY_ADDRESS")}
+    env["RAY_raylet_start_wait_time_s"] = "120"  # a loaded 2-core machine: Ray's node start-up may take long
     other_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths live under it
     other = {**env, "TMPDIR": str(other_tmp), "RAY_AUTH_MODE": "disabled"}
     ray_cli = str(Path(sys.executable).with_name("ray"))
