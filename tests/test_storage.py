@@ -140,16 +140,16 @@ def creagen(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 12
     )
 
 
-def upload_png_folder(s3, prefix: str) -> None:
+def upload_png_folder(s3, prefix: str, per_class: int = 6) -> None:
     """Two class folders of 12x12 grayscale PNGs (dark / bright squares) into the bucket."""
     from PIL import Image
 
     client = s3.client()
     for label, value in (("dark", 40), ("bright", 220)):
-        for i in range(6):
+        for i in range(per_class):
             buf = io.BytesIO()
-            Image.new("L", (12, 12), value + i).save(buf, format="PNG")
-            client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{label}/{i}.png", Body=buf.getvalue())
+            Image.new("L", (12, 12), value + i % 30).save(buf, format="PNG")
+            client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{label}/{i:03d}.png", Body=buf.getvalue())
 
 
 @pytest.mark.slow
@@ -167,21 +167,27 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     env.pop("RAY_ADDRESS", None)  # each command starts its own local Ray, as on a laptop
     client = s3.client()
     client.put_object(Bucket=s3.bucket, Key="e2e/corpus/a.txt", Body=(TEXT * 20).encode())
-    upload_png_folder(s3, "e2e/pngs")
+    upload_png_folder(s3, "e2e/pngs", per_class=150)  # 300 files: the header checks span two tasks
+    good = client.get_object(Bucket=s3.bucket, Key="e2e/pngs/bright/000.png")["Body"].read()
+    client.put_object(Bucket=s3.bucket, Key="e2e/pngs/bright/137.png", Body=good[:40])  # one truncated file
     runs = s3.uri("e2e/runs")
 
-    # two independent commands at once (each mostly waits on its own Ray's start-up), each on its
-    # own private local Ray (TMPDIR apart, so neither joins the other's):
-    # an image folder in the bucket -> Parquet shards in the bucket ...
+    # two independent threads of commands at once (each mostly waits on its own Ray's start-up), each on
+    # its own private local Ray (TMPDIR apart, so neither joins the other's):
+    # an image folder in the bucket with one corrupt file: named, exit 2, nothing written in the bucket;
+    # then with data.skip_bad_files: Parquet shards in the bucket, the manifest counts and names it ...
     tmps = [tempfile.mkdtemp(prefix="crs", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths
+    prepare = ["prepare", str(ROOT / "jobs/configs/demo-gan.yaml"), "--set", f"data.source={s3.uri('e2e/pngs')}",
+               "--set", "data.kind=png", "--set", "data.image_size=12", "--set", "data.channels=1",
+               "--set", f"train.storage_path={runs}"]
+
+    def prepare_bad_then_skip() -> tuple[subprocess.CompletedProcess, list[str], subprocess.CompletedProcess]:
+        bad = creagen(prepare, {**env, "TMPDIR": tmps[0]}, cwd)
+        written = [k for k in s3.keys("e2e/runs/data/") if "pngs-" in k]  # shards, temp folder (.pngs-*.tmp-*)
+        return bad, written, creagen([*prepare, "--set", "data.skip_bad_files=true"], {**env, "TMPDIR": tmps[0]}, cwd)
+
     pool = ThreadPoolExecutor(max_workers=2)
-    prepare_run = pool.submit(
-        creagen,
-        ["prepare", str(ROOT / "jobs/configs/demo-gan.yaml"), "--set", f"data.source={s3.uri('e2e/pngs')}",
-         "--set", "data.kind=png", "--set", "data.image_size=12", "--set", "data.channels=1",
-         "--set", f"train.storage_path={runs}"],
-        {**env, "TMPDIR": tmps[0]}, cwd,
-    )
+    prepare_run = pool.submit(prepare_bad_then_skip)
     # ... and text from the bucket, trained with 2 DDP workers, everything written to the bucket
     train_run = pool.submit(
         creagen,
@@ -192,16 +198,23 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
         {**env, "TMPDIR": tmps[1]}, cwd,
     )
     try:
-        r = prepare_run.result()
+        bad, written, r = prepare_run.result()
+        assert bad.returncode == 2 and "bright/137.png" in bad.stderr and "data.skip_bad_files" in bad.stderr, (
+            f"rc={bad.returncode}", bad.stderr[-3000:], bad.stdout[-1000:])
+        assert written == []
         assert r.returncode == 0, r.stderr[-3000:]
-        assert "images" in r.stdout, r.stdout
+        assert "skipped 1 unreadable file(s)" in r.stdout and "bright/137.png" in r.stdout, r.stdout
         r = train_run.result()
     finally:
         pool.shutdown(wait=True)
         for t in tmps:
             shutil.rmtree(t, ignore_errors=True)
     data_keys = s3.keys("e2e/runs/data/pngs-")  # the PNG folder's shards (the text's: data/a-...)
-    assert any(k.endswith("manifest.json") for k in data_keys) and any(k.endswith(".parquet") for k in data_keys)
+    assert any(k.endswith(".parquet") for k in data_keys)
+    mkey = next(k for k in data_keys if k.endswith("manifest.json"))
+    manifest = json.loads(client.get_object(Bucket=s3.bucket, Key=mkey)["Body"].read())
+    assert manifest["skipped_files"]["count"] == 1 and "bright/137.png" in manifest["skipped_files"]["files"][0]
+    assert sum(v["rows"] for v in manifest["splits"].values()) == 299
     assert r.returncode == 0, r.stderr[-3000:]
     bundle_uri = s3.uri("e2e/runs/s3run/bundle")
     assert f"bundle: {bundle_uri}" in r.stdout
