@@ -52,7 +52,7 @@ def free_port() -> int:
 
 
 def config(storage_uri: str, source: str, run: str):
-    """A small char GRU, 2 workers on 2 nodes, streaming data, 200 steps with a checkpoint every 10."""
+    """A small char GRU, 2 workers on 2 nodes, streaming data, 120 steps with a checkpoint every 10."""
     return validate_config({
         "name": "multinode",
         "data": {"source": source, "seq_len": 32},
@@ -61,7 +61,7 @@ def config(storage_uri: str, source: str, run: str):
         "train": {
             "num_workers": 2, "cpus_per_worker": 0.5, "worker_resources": {"trainer": 1},
             "placement_strategy": "STRICT_SPREAD", "max_failures": 2,
-            "steps": 200, "batch_size": 16, "checkpoint_every": 10,
+            "steps": 120, "batch_size": 16, "checkpoint_every": 10,
             "eval_every": 1000, "eval_batches": 2, "log_every": 10, "materialize_mb": 0,
             "storage_path": storage_uri, "run_name": run,
         },

@@ -43,6 +43,7 @@ def test_two_nodes_spread_data_off_driver_node_loss_resumes(s3_server, tmp_path:
     print({k: facts.get(k) for k in ("cluster_up_s", "removed_at_s", "total_s", "checkpoints_at_removal")},
           "resumed from step", facts.get("metrics", {}).get("start_step"), "to", facts.get("metrics", {}).get("step"))
     assert facts["training_finished"] and "error" not in facts, facts.get("error")
+    assert "workers_before" in facts, "the run ended before its first checkpoint was registered: no node was removed"
     nodes, driver = facts["nodes"], facts["driver_node"]
 
     # 2 DDP workers on 2 different worker nodes, before and after the node loss
