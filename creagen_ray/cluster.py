@@ -11,7 +11,7 @@ import ray
 from creagen_ray.console import quiet, ray_log_level, reapply_after_import, runtime_env
 
 
-def connect_ray(address: str | None = None) -> None:
+def connect_ray(address: str | None = None) -> bool:
     """Join Ray: `address` when given; else a running cluster; else a private local one.
 
     "A running cluster" is RAY_ADDRESS (set inside Ray Jobs) or the cluster `ray start` recorded
@@ -19,23 +19,24 @@ def connect_ray(address: str | None = None) -> None:
     Ray process found by scanning `ps` (e.g. another user's test session), so it is not tried
     otherwise. `address="local"` always starts a private runtime (the demo uses that). Never
     re-initializes when Ray is already up; a local runtime has no dashboard (about 0.9 GB less).
+    Returns True when it started that private runtime (ray.shutdown() then ends all of it).
     """
     if ray.is_initialized():
-        return
+        return False
     reapply_after_import()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     log_to_driver = not quiet()  # creagen --verbose: workers' output streamed here (console.py)
     if address and address != "local":
         ray.init(address=address, log_to_driver=log_to_driver)
-        return
+        return False
     if address is None:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=log_to_driver)
-            return
+            return False
         if (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").is_file():
             try:
                 ray.init(address="auto", log_to_driver=log_to_driver)
-                return
+                return False
             except ConnectionError:  # a stale record of a stopped cluster
                 pass
     package_root = str(Path(__file__).resolve().parents[1])  # workers import creagen_ray from here too
@@ -47,3 +48,4 @@ def connect_ray(address: str | None = None) -> None:
         log_to_driver=log_to_driver,
         logging_config=ray.LoggingConfig(log_level=ray_log_level()),  # creagen --verbose: INFO, else WARNING
     )
+    return True

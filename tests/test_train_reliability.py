@@ -16,6 +16,7 @@ import torch
 
 from creagen_ray.config import TrainConfig
 from creagen_ray.training.checkpoint import CheckpointError, load_newest_readable, save_checkpoint
+from tests.faults import ray_processes
 
 BIN = Path(sys.executable).parent
 
@@ -115,22 +116,6 @@ def test_cli_worker_group_failure_names_the_cause(capsys) -> None:
     assert "train.max_failures" in err and "ActorDiedError: worker 0 died" in err
 
 
-def _our_pids(tmpdir: str, title: str) -> list[int]:
-    """Processes named `title` (Ray sets ray::<Actor> as the process title) that carry our TMPDIR."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if title not in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                continue
-            if f"TMPDIR={tmpdir}".encode() in (proc / "environ").read_bytes():
-                out.append(int(proc.name))
-        except OSError:
-            continue
-    return out
-
-
 @pytest.mark.slow
 def test_sigkill_train_worker_from_outside_default_config_completes(tmp_path: Path) -> None:
     """`creagen train` with the default train.max_failures; one RayTrainWorker SIGKILLed from outside
@@ -161,7 +146,7 @@ def test_sigkill_train_worker_from_outside_default_config_completes(tmp_path: Pa
             lines.append(line)
             if not killed and "checkpoint" in line and "step 10/" in line:
                 time.sleep(4)  # let the controller persist the reported checkpoint
-                pids = _our_pids(private_tmp, "RayTrainWorker")
+                pids = ray_processes("RayTrainWorker", env=f"TMPDIR={private_tmp}\0")
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import ray
 from ray import serve
 
 from creagen_ray.cluster import connect_ray
@@ -16,12 +17,12 @@ from creagen_ray.serving.settings import ServeConfig
 APP_NAME = "creagen"
 
 
-def start_serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
-    """Start Ray (if needed) and Serve, deploy the app for `config`; returns the base URL."""
-    connect_ray()
+def start_serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> tuple[str, bool]:
+    """Start Ray (if needed) and Serve, deploy the app for `config`; (base URL, True if Ray is our own)."""
+    private = connect_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    return f"http://{host}:{port}"
+    return f"http://{host}:{port}", private
 
 
 def serve_forever(
@@ -46,7 +47,7 @@ def serve_forever(
     )
     if config.request_log:
         print("creagen serve: " + REQUEST_LOG_NOTICE.format(path=config.request_log), flush=True)
-    url = start_serve(config, host, port)
+    url, private = start_serve(config, host, port)
     print(f"creagen serving at {url}  (models: {url}/v1/models, docs: {url}/docs); Ctrl-C stops", flush=True)
     try:
         while True:
@@ -54,5 +55,8 @@ def serve_forever(
     except KeyboardInterrupt:
         print("stopping", flush=True)
     finally:
-        serve.shutdown()
+        if private:  # our own runtime: ending it ends Serve too, seconds sooner than serve.shutdown() first
+            ray.shutdown()
+        else:  # someone's cluster: take our app down, leave their Ray running
+            serve.shutdown()
     return 0

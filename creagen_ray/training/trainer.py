@@ -21,6 +21,8 @@ import contextlib
 import datetime
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,8 +209,24 @@ def build_trainer(
 
 
 def fit(trainer: TorchTrainer) -> ray.train.Result:
-    """trainer.fit(), raising NonFiniteLossError when the run stopped on a NaN/Inf loss."""
-    result = trainer.fit()
+    """trainer.fit(), raising NonFiniteLossError when the run stopped on a NaN/Inf loss.
+
+    Ctrl-C: in the main thread, Ray Train's fit() installs its own SIGINT handler, which aborts
+    the run and then exits with SystemExit(0). Here that becomes KeyboardInterrupt (the CLI exits
+    130, not 0, and a caller's cleanup runs), and the handler that was there before comes back
+    (Ray's would otherwise answer a later Ctrl-C by aborting a run that is long gone).
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        result = trainer.fit()
+    except SystemExit:
+        if main:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     check_result(result)
     return result
 

@@ -1,0 +1,161 @@
+"""Every command exits within 10 s of finishing or of Ctrl-C and leaves no Ray process behind (issue 14, defect 6).
+
+One test, three real `creagen` subprocesses, each with its own TMPDIR (so its Ray session and every
+process of it carry that TMPDIR in their environment, and only ours are looked at):
+`creagen train` (a few steps; the clock starts at its `bundle:` line), `creagen serve` on that
+bundle (SIGINT once it says it serves and /healthz answers) and `creagen demo` (SIGINT once training reports a step;
+exit code 130).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.faults import ray_processes
+
+ROOT = Path(__file__).resolve().parents[1]
+CREAGEN = str(Path(sys.executable).parent / "creagen")
+EXIT_S = 10.0
+
+
+class Command:
+    """A `creagen` subprocess with a private TMPDIR; its output lines with the time each arrived."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="crq", dir="/tmp")  # short: Ray's socket paths live under it
+        env = {**os.environ, "TMPDIR": self.tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        self.proc = subprocess.Popen([CREAGEN, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[tuple[float, str]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line))
+
+    def output(self) -> str:
+        return "".join(line for _, line in self.lines)[-4000:]
+
+    def wait_for(self, text: str, timeout: float = 300) -> float:
+        """The time `text` appeared in the output (fails when the process ends first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for t, line in list(self.lines):
+                if text in line:
+                    return t
+            if self.proc.poll() is not None:
+                self.reader.join(timeout=5)
+                if any(text in line for _, line in self.lines):
+                    continue
+                pytest.fail(f"exited {self.proc.returncode} before {text!r}:\n{self.output()}")
+            time.sleep(0.1)
+        pytest.fail(f"no {text!r} within {timeout} s:\n{self.output()}")
+
+    def exit_after(self, t0: float) -> tuple[int, float]:
+        """(exit code, seconds from t0 to exit); kills the process if it outlives the limit by far."""
+        try:
+            rc = self.proc.wait(timeout=max(1.0, t0 + 6 * EXIT_S - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        return rc, time.monotonic() - t0
+
+    def leftovers(self, t0: float) -> list[str]:
+        """Command lines of processes that carry this command's TMPDIR (its raylet, gcs, workers...)
+        and are still alive EXIT_S after t0 (or now, when that has passed)."""
+        while (pids := ray_processes("", env=f"TMPDIR={self.tmp}\0")) and time.monotonic() < t0 + EXIT_S:
+            time.sleep(0.2)
+        out = []
+        for pid in pids:
+            try:
+                out.append(f"{pid}: " + (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:150]))
+            except OSError:
+                continue
+        return out
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for pid in ray_processes("", env=f"TMPDIR={self.tmp}\0"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_train_serve_demo_exit_within_10s_and_leave_no_ray_behind(tmp_path: Path) -> None:
+    """train: exit <= 10 s after its bundle line; serve and demo: exit <= 10 s after SIGINT (demo: 130)."""
+    few = ["--set=data.max_items=20000", "--set=model.hidden_size=32", "--set=train.eval_batches=1"]
+    times = {}
+    train = Command(["train", "jobs/configs/demo-rnn.yaml", *few, "--set=train.steps=4", "--set=train.eval_every=4",
+                     "--set=train.checkpoint_every=4", f"--set=train.storage_path={tmp_path}",
+                     "--set=train.run_name=quick"], ROOT)
+    try:
+        t0 = train.wait_for("bundle: ")
+        rc, times["train"] = train.exit_after(t0)
+        assert rc == 0, train.output()
+        left = train.leftovers(t0)
+        assert not left, f"creagen train left Ray processes behind {EXIT_S} s after the cue: {left}"
+    finally:
+        train.cleanup()
+    bundle = tmp_path / "quick" / "bundle"
+    assert (bundle / "manifest.json").is_file()
+
+    port = free_port()
+    serve = Command(["serve", str(bundle), "--port", str(port)], tmp_path)
+    try:
+        serve.wait_for("creagen serving at")  # printed once serve.run() returned: the app is up
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert serve.proc.poll() is None and time.monotonic() < deadline, f"serve never answered:\n{serve.output()}"
+            time.sleep(0.5)
+        t0 = time.monotonic()
+        serve.proc.send_signal(signal.SIGINT)
+        rc, times["serve"] = serve.exit_after(t0)
+        assert rc == 0, serve.output()
+        left = serve.leftovers(t0)
+        assert not left, f"creagen serve left Ray processes behind {EXIT_S} s after the cue: {left}"
+    finally:
+        serve.cleanup()
+
+    demo = Command(["demo", "--out", str(tmp_path / "demo"), "--families", "rnn", "--steps", "400"], ROOT)
+    try:
+        demo.wait_for(" step ")  # a progress line: training has started
+        t0 = time.monotonic()
+        demo.proc.send_signal(signal.SIGINT)
+        rc, times["demo"] = demo.exit_after(t0)
+        assert rc == 130, f"demo exited {rc} after SIGINT:\n{demo.output()}"
+        left = demo.leftovers(t0)
+        assert not left, f"creagen demo left Ray processes behind {EXIT_S} s after the cue: {left}"
+    finally:
+        demo.cleanup()
+    print(f"\nseconds to exit: {times}")
+    assert all(t <= EXIT_S for t in times.values()), f"seconds to exit (limit {EXIT_S}): {times}"
