@@ -129,6 +129,9 @@ def test_training_dataset_materializes_below_budget_and_streams_above(tmp_path):
     small, mode = training_dataset(prepared, cols, materialize_mb=size_mb * 2)
     assert mode == "materialized" and isinstance(small, ray.data.dataset.MaterializedDataset)
     assert small.count() == prepared.num_rows("train")
+    rows = small.take_batch(batch_size=prepared.num_rows("train"), batch_format="numpy")  # read on the driver: same rows, same order
+    want = prepared.read_numpy("train", cols)
+    assert np.array_equal(rows["label"], want["label"]) and np.array_equal(rows["image"], want["image"])
     big, mode = training_dataset(prepared, cols, materialize_mb=size_mb / 2)
     assert mode == "streaming" and not isinstance(big, ray.data.dataset.MaterializedDataset)
     never, mode = training_dataset(prepared, cols, materialize_mb=0)

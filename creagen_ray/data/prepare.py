@@ -182,18 +182,23 @@ class PreparedData:
 
         return {name: torch.int64 if name in ("tokens", "label") else torch.uint8 for name in self.columns}
 
-    def read_numpy(self, split: str = "train", columns: list[str] | None = None) -> dict[str, np.ndarray]:
-        """A whole split as numpy arrays, rows in written order (pyarrow, no Ray tasks)."""
-        import pyarrow as pa
+    def read_tables(self, split: str = "train", columns: list[str] | None = None) -> list:
+        """A whole split as pyarrow Tables, one per shard in row order (pyarrow.fs on the driver, no Ray tasks)."""
         import pyarrow.parquet as pq
         import ray.data  # noqa: F401  (registers the tensor extension types)
 
-        columns = columns or self.columns
-        files = self.files(split)
-        if not files:
-            return {c: np.empty((0,)) for c in columns}
         fs = self.filesystem
-        table = pa.concat_tables([pq.read_table(str(f), columns=columns, filesystem=fs) for f in files])
+        return [pq.read_table(str(f), columns=columns or self.columns, filesystem=fs) for f in self.files(split)]
+
+    def read_numpy(self, split: str = "train", columns: list[str] | None = None) -> dict[str, np.ndarray]:
+        """A whole split as numpy arrays, rows in written order (pyarrow, no Ray tasks)."""
+        import pyarrow as pa
+
+        columns = columns or self.columns
+        tables = self.read_tables(split, columns)
+        if not tables:
+            return {c: np.empty((0,)) for c in columns}
+        table = pa.concat_tables(tables)
         out = {}
         for c in columns:
             chunks = table.column(c).chunks
