@@ -342,3 +342,48 @@ def test_novelty_on_tinyshakespeare(shakespeare_path):
     # real held-out Shakespeare is partly novel at the 8-character level (measured ~0.50)
     assert 0.3 < index.novelty(text[split:]) < 0.7
     assert index.novelty("".join(rng.choice(string.ascii_letters) for _ in range(100))) > 0.99
+
+
+def test_sample_lm_is_cached_next_to_the_data_keyed_by_it(tmp_path):
+    """The text-GAN sample metrics' reference LM: trained once per data + settings, then loaded from
+    `<data>/sample_lm/`; a broken cache file is retrained and replaced; safetensors round trip is exact."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_sample_lm_cache(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_sample_lm_cache(tmp_path):
+    from creagen_ray.data.prepare import PreparedData
+    from creagen_ray.metrics.text import CharLM
+    from creagen_ray.tokenizer import ByteTokenizer
+    from creagen_ray.training.sample_metrics import UNKNOWN, data_vocab, reference_lm
+
+    text = "def add(x, y):\n    return x + y\n" * 40
+    held = ["return y + x\n"]
+    prepared = PreparedData(tmp_path, {"source_sha256": "abc", "config": {"seq_len": 32}, "tokenizer": ByteTokenizer().to_dict()})
+    vocab = data_vocab(prepared, text, held)
+    assert UNKNOWN in vocab and set(text).union(*held) <= set(vocab)
+
+    lm = reference_lm(prepared, text, vocab, steps=10)
+    (cache,) = (tmp_path / "sample_lm").glob("*.safetensors")
+    again = CharLM.from_bytes(cache.read_bytes())
+    assert again.chars == vocab and again.nats_per_char(held) == lm.nats_per_char(held)
+    assert lm.nats_per_char(held) < math.log(len(vocab))  # it learned something
+
+    planted = CharLM.fit(text, vocab, steps=1, seed=5)  # a different LM under the same key is what comes back
+    cache.write_bytes(planted.to_bytes())
+    assert reference_lm(prepared, text, vocab, steps=10).nats_per_char(held) == planted.nats_per_char(held)
+
+    other = PreparedData(tmp_path, {**prepared.manifest, "source_sha256": "other data"})
+    reference_lm(other, text, vocab, steps=10)
+    assert len(list((tmp_path / "sample_lm").glob("*.safetensors"))) == 2  # another data checksum, another key
+
+    cache.write_bytes(b"not a safetensors file")
+    fixed = reference_lm(prepared, text, vocab, steps=10)
+    assert fixed.nats_per_char(held) == lm.nats_per_char(held)  # retrained (deterministic) and replaced
+    assert CharLM.from_bytes(cache.read_bytes()).nats_per_char(held) == lm.nats_per_char(held)
+    with pytest.raises(ValueError, match="not a CharLM"):
+        CharLM.from_bytes(b"junk")

@@ -324,6 +324,34 @@ class CharLM:
             opt.step()
         return lm
 
+    def to_bytes(self) -> bytes:
+        """The LM's weights, vocabulary and width as safetensors bytes (no pickled code), for a cache file."""
+        import json
+
+        from safetensors.torch import save
+
+        tensors = {f"{name}.{k}": v.detach().contiguous() for name, m in (("embed", self.embed), ("rnn", self.rnn), ("head", self.head))
+                   for k, v in m.state_dict().items()}
+        return save(tensors, metadata={"chars": json.dumps(self.chars), "hidden": str(self.rnn.hidden_size)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CharLM":
+        """The LM `to_bytes` wrote; ValueError if the bytes are not one."""
+        import json
+
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+            lm = cls(json.loads(meta["chars"]), hidden=int(meta["hidden"]))
+            tensors = load(data)
+            for name, m in (("embed", lm.embed), ("rnn", lm.rnn), ("head", lm.head)):
+                m.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == name})
+        except (SafetensorError, KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise ValueError(f"not a CharLM safetensors file: {err}") from None
+        return lm
+
     def nats_per_char(self, texts: str | Iterable[str]) -> float:
         """Mean nats per predicted character over all texts (each text's chars 2.. given its prefix)."""
         import torch

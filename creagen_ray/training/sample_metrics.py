@@ -3,16 +3,33 @@
 Samples come from the family's own `generate_many` (the same call Serve makes: unconditional,
 temperature 1, seeds 0..n-1); the reference char LM is trained on the prepared train split and the
 held-out "sentences" are the validation windows. See creagen_ray.metrics.text for the definitions.
+
+The reference LM depends only on the prepared data and its training settings, so it is kept next
+to the data (`<data>/sample_lm/<key>.safetensors`, key: the manifest's source checksum and config,
+the vocabulary, steps and seed), as the image FeatureNet is: a later run on the same data (another
+`creagen train`, every Tune trial) loads it instead of training it again. Its vocabulary is the
+data's: the char tokenizer's characters (byte tokenizer: those of the train and held-out text),
+plus U+FFFD; a sample character outside it (a byte sequence the data never had) is scored as
+U+FFFD, the character `ByteTokenizer.decode` already writes for broken sequences. The reverse LM is
+trained on the samples, so it is trained anew each time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from typing import Any
 
 import numpy as np
 
 from creagen_ray.config import TextRequest
 from creagen_ray.metrics.text import CharLM, sample_report
+
+UNKNOWN = "\ufffd"
+TRAIN_WINDOWS = 20000  # training windows the reference LM learns from (about 640k chars at seq_len 32)
+HELDOUT_WINDOWS = 256
+log = logging.getLogger(__name__)
 
 
 def split_texts(prepared: Any, split: str, limit: int) -> list[str]:
@@ -22,13 +39,46 @@ def split_texts(prepared: Any, split: str, limit: int) -> list[str]:
     return [prepared.tokenizer.decode(r[:-1].tolist()) for r in rows]
 
 
+def data_vocab(prepared: Any, train: str, heldout: list[str]) -> list[str]:
+    """The reference LM's characters: fixed by the data (not by the samples), plus U+FFFD."""
+    chars = getattr(prepared.tokenizer, "chars", None)
+    seen = set(chars) if chars is not None else set(train).union(*heldout)
+    return sorted(seen | {UNKNOWN})
+
+
+def reference_lm(prepared: Any, train: str, vocab: list[str], steps: int) -> CharLM:
+    """CharLM.fit(train, vocab, steps), loaded from the data folder's cache when it is there (else written)."""
+    from creagen_ray.data.sources import open_location
+    from creagen_ray.training.loop import _write_cache
+
+    m = prepared.manifest
+    key_src = json.dumps([m.get("source_sha256"), m.get("config"), TRAIN_WINDOWS, vocab, steps, "charlm-1"], sort_keys=True)
+    fs, root = open_location(str(prepared.path), "data path")
+    cache = f"{root}/sample_lm/{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.safetensors"
+    try:
+        with fs.open_input_stream(cache) as f:
+            lm = CharLM.from_bytes(f.read())
+        if lm.chars == vocab:
+            return lm
+        log.warning("sample LM cache %s has another vocabulary: training it again", cache)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:
+        log.warning("sample LM cache %s unreadable (%s): training it again", cache, err)
+    lm = CharLM.fit(train, vocab, steps=steps)
+    _write_cache(fs, cache, lm.to_bytes())
+    return lm
+
+
 def text_sample_metrics(family: Any, prepared: Any, n: int = 64, lm_steps: int = 300) -> dict[str, float]:
     """lm_score, reverse_lm_score, bleu4, self_bleu4, novelty8 of n samples of one window each."""
     length = int(prepared.spec.seq_len)
     reqs = [TextRequest(n=1, seed=i, max_new_tokens=length) for i in range(n)]
     samples = [texts[0] for texts in family.generate_many(reqs)]
-    train = "".join(split_texts(prepared, "train", 20000))
-    heldout = split_texts(prepared, "val", 256)
-    vocab = sorted(set(train).union(*samples, *heldout))  # byte tokenizers may decode to any character
-    lm = CharLM.fit(train, vocab, steps=lm_steps)
+    train = "".join(split_texts(prepared, "train", TRAIN_WINDOWS))
+    heldout = split_texts(prepared, "val", HELDOUT_WINDOWS)
+    vocab = data_vocab(prepared, train, heldout)
+    known = set(vocab)
+    samples = ["".join(c if c in known else UNKNOWN for c in s) for s in samples]
+    lm = reference_lm(prepared, train, vocab, lm_steps)
     return {f"sample_{k}": v for k, v in sample_report(samples, train, heldout, lm, reverse_steps=lm_steps).items()}
