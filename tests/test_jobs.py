@@ -59,6 +59,31 @@ def wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop `ray start --block` and everything in *its* process group (never `ray stop`: other users' Ray).
+
+    SIGTERM to the whole group at once (each Ray process exits in parallel, rather than one after
+    another as `ray start --block` stops them), SIGKILL to whatever is left after `grace_s`.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, so an exited group reads as gone
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
 @pytest.fixture()
 def job_cluster(s3_server):
     """A private head node with the dashboard (job server), its environment holding the S3 endpoint
@@ -90,15 +115,7 @@ def job_cluster(s3_server):
         yield url
     finally:
         t1 = time.perf_counter()
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of *our* process group only
-        except ProcessLookupError:
-            pass
+        stop_group(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
         print(f"job cluster down in {time.perf_counter() - t1:.1f} s")
 
