@@ -124,3 +124,37 @@ def test_shipped_text_gan_configs_validate() -> None:
     assert cfg.model.family == "textgan" and cfg.train.sample_metrics
     base, dims, first = parse_space(read_raw("jobs/configs/text-gan-tune.yaml"))
     assert set(dims) == {"optimizer.lr", "model.n_critic"} and first.model.family == "textgan"
+
+
+def test_latent_textgan_trains_vae_then_gan_on_its_codes(one_thread: None) -> None:
+    """approach latent: VAE phase, then a critic that separates real codes from G's; seeded in-vocab text; resumes."""
+    torch.manual_seed(0)
+    tok = CharTokenizer.fit(CORPUS)
+    cfg = ExperimentConfig(
+        data={"modality": "text", "seq_len": T},
+        model={"family": "textgan", "approach": "latent", "latent_dim": 8, "channels": 32, "blocks": 1,
+               "vae": {"arch": "sentence", "latent_dim": 8, "embed_dim": 16, "hidden_size": 32, "kl_anneal_steps": 20,
+                       "free_bits": 0.25}, "vae_share": 0.5},
+        optimizer={"lr": 1e-3, "betas": [0.5, 0.9]},
+        train={"steps": 120, "batch_size": 16},
+    )
+    spec = DataSpec(modality="text", vocab_size=tok.vocab_size, seq_len=T)
+    fam = build_family(cfg, spec, total_steps=120, tokenizer=tok)
+    assert set(fam.modules) == {"vae", "g", "d"} and set(fam.steppers) == {"vae", "g", "d"}
+    steps = [fam.train_step(windows(tok, 16, i)) for i in range(120)]
+    assert "recon" in steps[59] and "loss_d" not in steps[59]  # 60 VAE steps first
+    assert steps[119]["loss_d"] < steps[60]["loss_d"] - 0.5 and fam.vae.step == 60  # then the critic learns
+    ev = fam.evaluate([windows(tok, 32, 1000)])
+    assert 0.0 <= ev["val_js4"] <= 0.7 and "val_neg_elbo" in ev
+
+    a = fam.generate(TextRequest(n=4, seed=7))
+    assert a == fam.generate(TextRequest(n=4, seed=7)) and a != fam.generate(TextRequest(n=4, seed=8))
+    assert all(len(t) == T and set(t) <= set(tok.chars) for t in a)
+    assert [len(t) for t in fam.generate(TextRequest(n=2, seed=7, temperature=0, max_new_tokens=5))] == [5, 5]
+    reqs = [TextRequest(n=2, seed=1), TextRequest(n=1, seed=2, temperature=0)]
+    assert fam.generate_many(reqs) == [fam.generate(r) for r in reqs]
+    with pytest.raises(ValueError, match="unconditional"):
+        fam.generate(TextRequest(prompt="the"))
+    again = build_family(cfg, spec, total_steps=120, tokenizer=tok)
+    again.load_state_dict(fam.state_dict())  # a checkpoint restores the VAE's step and all three optimizers
+    assert again.vae.step == 60 and again.generate(TextRequest(n=4, seed=7)) == a

@@ -7,20 +7,33 @@ Wasserstein GANs", section 5.3, the char-level language model).
        -> Linear -> score [B]
     loss: critic  mean D(fake) - mean D(real) + gp_lambda * gradient penalty,  generator  -mean D(fake)
 
-Why this and not a latent-space GAN over the sentence VAE (LaTextGAN): it is self-contained (no
-trained VAE to load, version and ship inside the bundle), it has no discrete sampling step in the
-training graph, so the gradient reaches G without Gumbel-softmax or REINFORCE (the critic compares
-G's continuous softmaxes with one-hot real characters, and the Lipschitz penalty keeps that
-comparison informative), it trains stably on CPU in minutes with the same WGAN-GP machinery the
-image GAN uses, and a sample is one forward pass: the whole window at once, no token loop, so
-serving batches cheaply and streaming is not needed. Its limit: windows of fixed length
-`data.seq_len`, unconditional (a prompt is refused, not ignored).
+Two approaches, chosen by `model.approach` (same family, same serving, same metrics):
 
-Training windows are the prepared text shards' `tokens` [B, seq_len + 1]; the GAN uses the first
-seq_len characters. One `train_step` = one batch = one critic step; G steps on every
+- "char" (above): self-contained, no discrete sampling step in the training graph (the critic
+  compares G's continuous softmaxes with one-hot real characters), one forward pass per sample.
+  Measured (docs/benchmarks.md, "Text generators side by side"): at CPU-minute budgets its samples
+  are still character soup (LM score far behind the sentence VAE's prior), because it has to learn
+  spelling, words and syntax from a critic's gradient alone; Gulrajani et al. train it ~200k steps.
+- "latent" (LaTextGAN, Donahue & Rumshisky 2018): first train a sentence VAE (the `model.vae`
+  config, `vae_share` of the steps, optimizer `model.vae_optimizer`), then freeze it and train a
+  WGAN-GP whose generator maps noise to the VAE's latent space and whose critic compares those codes
+  with the posterior means mu(x) of real windows; a sample is decoded by the VAE's GRU decoder.
+  The decoder already writes words; the GAN only has to learn where the aggregate posterior lives
+  (the prior N(0, I) puts mass in its holes, where the decoder writes soup), which an MLP pair
+  learns in a few thousand cheap steps. This is the one that beats the VAE's prior samples on LM
+  score within CPU minutes (docs/benchmarks.md), so jobs/configs/text-gan.yaml uses it.
+
+      G: noise [B, L] -> Linear -> residual MLP blocks (width `channels`) -> Linear -> code [B, Z]
+      D: code [B, Z] -> Linear -> residual MLP blocks -> Linear -> score [B]
+
+Training windows are the prepared text shards' `tokens` [B, seq_len + 1]; the char GAN uses the first
+seq_len characters, the latent GAN's VAE all seq_len + 1 (as the sentence VAE does). One GAN
+`train_step` = one batch = one critic step; G steps on every
 `model.n_critic`-th call. The validation metric is `val_js4`: the Jensen-Shannon divergence between
 the character 4-gram distributions of fixed-seed samples and of the held-out windows (the measure
-Gulrajani et al. report): it rises both for wrong n-grams and for mode collapse.
+Gulrajani et al. report): it rises both for wrong n-grams and for mode collapse. For "latent"
+the samples are decoded at temperature 1 from fixed seeds, and the VAE's held-out ELBO terms are
+reported too (val_neg_elbo, val_recon_per_token).
 
     fam = TextGANFamily(cfg, DataSpec(modality="text", vocab_size=V, seq_len=32), tokenizer=tok)
     fam.train_step({"tokens": int64 [B, 33]})
@@ -33,12 +46,13 @@ from typing import Any, ClassVar, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from creagen_ray import losses
-from creagen_ray.config import FamilyConfig, TextRequest
+from creagen_ray.config import ExperimentConfig, FamilyConfig, OptimizerConfig, TextRequest
 from creagen_ray.families.base import Batch, Family, seeded_generator
+from creagen_ray.families.vae import VAEConfig, VAEFamily
 from creagen_ray.metrics.text import ngram_js
 from creagen_ray.sampling import sample_next
 
@@ -47,14 +61,36 @@ EVAL_MAX_SAMPLES = 512
 
 
 class TextGANConfig(FamilyConfig):
-    """WGAN-GP with a conv generator of per-position softmaxes and a conv critic over one-hot chars."""
+    """WGAN-GP over one-hot chars ("char") or over a sentence VAE's latent codes ("latent")."""
 
     family: Literal["textgan"] = "textgan"
-    latent_dim: int = Field(128, ge=1, le=4096)
+    approach: Literal["char", "latent"] = Field(
+        "char", description="char: conv G of per-position softmaxes; latent: MLP G of sentence-VAE codes (LaTextGAN)"
+    )
+    latent_dim: int = Field(128, ge=1, le=4096, description="G's noise dimension")
     channels: int = Field(128, ge=4, le=4096, description="width of every residual block (the paper: 512)")
     blocks: int = Field(5, ge=1, le=32, description="residual blocks in G and in D")
     kernel_size: int = Field(5, ge=1, le=31, description="odd: the conv keeps the window length")
     n_critic: int = Field(5, ge=1, le=20, description="critic steps per generator step (the paper: 10)")
+    vae: VAEConfig = Field(
+        default_factory=lambda: VAEConfig(
+            arch="sentence", latent_dim=32, embed_dim=64, hidden_size=256, kl_anneal_steps=1000,
+            word_dropout=0.4, free_bits=0.25,
+        ),
+        description="latent: the sentence VAE trained first (arch must be sentence)",
+    )
+    vae_share: float = Field(0.5, gt=0.0, lt=1.0, description="latent: share of train.steps spent on the VAE")
+    vae_optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(name="adam", lr=2e-3, grad_clip=1.0),
+        description="latent: the VAE phase's optimizer (optimizer / optimizer_d drive G and D)",
+    )
+
+    @field_validator("vae")
+    @classmethod
+    def _sentence(cls, v: VAEConfig) -> VAEConfig:
+        if v.arch != "sentence":
+            raise ValueError("model.vae.arch must be 'sentence' (the latent text GAN decodes text)")
+        return v
 
     @property
     def padding(self) -> int:
@@ -105,6 +141,40 @@ class Critic(nn.Module):
         return self.fc(h.flatten(1)).squeeze(1)  # [B]
 
 
+class MLPBlock(nn.Module):
+    """x + 0.3 * W2 relu(W1 relu(x)) on [B, C] (the conv ResBlock with 1x1 "convs")."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.3 * self.fc2(F.relu(self.fc1(F.relu(x))))
+
+
+class MLP(nn.Module):
+    """[B, n_in] -> Linear -> `blocks` residual MLP blocks of `width` -> ReLU -> Linear -> [B, n_out]."""
+
+    def __init__(self, n_in: int, n_out: int, width: int, blocks: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(n_in, width)
+        self.blocks = nn.Sequential(*(MLPBlock(width) for _ in range(blocks)))
+        self.out = nn.Linear(width, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.relu(self.blocks(self.inp(x))))
+
+
+class CodeCritic(MLP):
+    """latent: codes [B, Z] -> a score [B]."""
+
+    def __init__(self, code_dim: int, width: int, blocks: int) -> None:
+        super().__init__(code_dim, 1, width, blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze(1)
+
+
 class TextGANFamily(Family):
     """Char-level WGAN-GP: fixed-length windows of text from noise, one forward pass per batch."""
 
@@ -120,7 +190,7 @@ class TextGANFamily(Family):
     d_optimizers = frozenset({"d"})
 
     def build(self) -> None:
-        """Modules "g" and "d" over the spec's vocabulary and window length."""
+        """Modules "g" and "d" (char: over the vocabulary and window; latent: over the VAE's codes, plus "vae")."""
         if self.spec.modality != "text" or not self.spec.vocab_size or not self.spec.seq_len:
             raise ValueError(f"the text GAN needs text data with vocab_size and seq_len, got spec {self.spec}")
         if self.tokenizer is not None and self.tokenizer.vocab_size != self.spec.vocab_size:
@@ -128,20 +198,64 @@ class TextGANFamily(Family):
         m: TextGANConfig = self.cfg.model
         self.vocab_size, self.seq_len = self.spec.vocab_size, self.spec.seq_len
         self.n_critic, self.latent_dim = m.n_critic, m.latent_dim
-        self.modules = {
-            "g": Generator(self.vocab_size, self.seq_len, m),
-            "d": Critic(self.vocab_size, self.seq_len, m),
-        }
+        self.approach = m.approach
         self._loss_g: float | None = None
+        if self.approach == "char":
+            self.gan_steps = self.total_steps
+            self.modules = {
+                "g": Generator(self.vocab_size, self.seq_len, m),
+                "d": Critic(self.vocab_size, self.seq_len, m),
+            }
+            return
+        # latent: a sentence VAE (its own family object, trained first), then an MLP GAN on its codes
+        steps = self.total_steps or self.cfg.train.steps
+        self.vae_steps = max(1, round(steps * m.vae_share))
+        self.gan_steps = max(1, steps - self.vae_steps)
+        vae_cfg = ExperimentConfig.model_validate({
+            **self.cfg.model_dump(mode="json", exclude={"model", "loss", "optimizer", "optimizer_d", "tune"}),
+            "model": m.vae.model_dump(mode="json"),
+            "optimizer": m.vae_optimizer.model_dump(mode="json"),
+        })
+        self.vae = VAEFamily(vae_cfg, self.spec, device=self.device, total_steps=self.vae_steps, tokenizer=self.tokenizer)
+        code = m.vae.latent_dim
+        self.modules = {
+            "vae": self.vae.modules["vae"],
+            "g": MLP(m.latent_dim, code, m.channels, m.blocks),
+            "d": CodeCritic(code, m.channels, m.blocks),
+        }
 
     def build_optimizers(self) -> None:
-        """"g" from cfg.optimizer, "d" from cfg.d_optimizer; G's schedule spans steps // n_critic."""
+        """"g" from cfg.optimizer, "d" from cfg.d_optimizer (latent: and the VAE's own "vae"); G's schedule spans its steps."""
         self.steppers = {
             "g": self.make_stepper(self.modules["g"].parameters(), self.cfg.optimizer),
             "d": self.make_stepper(self.modules["d"].parameters(), self.cfg.d_optimizer),
         }
-        if self.total_steps:
-            self.steppers["g"].total_steps = max(1, self.total_steps // self.n_critic)
+        if self.gan_steps:
+            self.steppers["d"].total_steps = self.gan_steps
+            self.steppers["g"].total_steps = max(1, self.gan_steps // self.n_critic)
+        if self.approach == "latent":
+            self.steppers["vae"] = self.vae.steppers["main"]
+
+    def wrap_modules(self, wrap: Any, names: Iterable[str] | None = None) -> None:
+        """Wrap as the base does; the inner VAE trains through the same (DDP) wrapper."""
+        super().wrap_modules(wrap, names)
+        if self.approach == "latent":
+            self.vae.modules["vae"] = self.modules["vae"]
+
+    def set_optimizer_hyperparameters(self, cfg: ExperimentConfig) -> None:
+        """PBT: G and D as the base does; the VAE's optimizer follows model.vae_optimizer."""
+        self.cfg = cfg
+        for name, st in self.steppers.items():
+            if name == "vae":
+                st.set_hyperparameters(cfg.model.vae_optimizer)
+            else:
+                st.set_hyperparameters(cfg.d_optimizer if name in self.d_optimizers else cfg.optimizer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore as the base does; the inner VAE's step (its KL annealing) follows."""
+        super().load_state_dict(state)
+        if self.approach == "latent":
+            self.vae.step = min(self.step, self.vae_steps)
 
     # -- training -------------------------------------------------------------------------------
 
@@ -155,14 +269,31 @@ class TextGANFamily(Family):
             raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary of {self.vocab_size}")
         return F.one_hot(tokens, self.vocab_size).float()  # [B, T, V]
 
+    @torch.no_grad()
+    def codes(self, batch: Batch) -> torch.Tensor:
+        """latent: the frozen VAE's posterior means of the batch's windows [B, Z] (the "real" data)."""
+        tokens = batch["tokens"].to(self.device).long()  # [B, T+1]
+        if int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0:
+            raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary of {self.vocab_size}")
+        vae = self.raw("vae")
+        vae.eval()
+        with self.autocast():
+            mu, _ = vae.encode(tokens)
+        return mu.float()
+
     def train_step(self, batch: Batch) -> dict[str, float]:
-        """One critic step on this batch, plus one generator step on every n_critic-th call."""
-        real = self.one_hot(batch)  # [B, T, V]
+        """char: one critic step (+ a G step every n_critic-th call); latent: a VAE step, or that on its codes."""
+        if self.approach == "latent" and self.step < self.vae_steps:
+            out = self.vae.train_step(batch)  # the sentence VAE's own step (KL annealing, free bits)
+            self.step += 1
+            return {**out, "chars": float(batch["tokens"].numel())}
+        gan_step = self.step - (self.vae_steps if self.approach == "latent" else 0)
+        real = self.one_hot(batch) if self.approach == "char" else self.codes(batch)  # [B, T, V] | [B, Z]
         B = real.size(0)
         G, D = self.modules["g"], self.modules["d"]  # possibly DDP-wrapped
         G.train()
         D.train()
-        take_g_step = (self.step + 1) % self.n_critic == 0
+        take_g_step = (gan_step + 1) % self.n_critic == 0
         z = torch.randn(B, self.latent_dim, device=self.device)  # [B, L]
         with torch.set_grad_enabled(take_g_step):
             fake = G(z)  # [B, T, V]
@@ -205,7 +336,7 @@ class TextGANFamily(Family):
 
     @torch.no_grad()
     def distributions(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents [n, L] -> G's per-position distributions [n, T, V] (float32, on the CPU)."""
+        """Noise [n, L] -> G's outputs (float32, on the CPU): char distributions [n, T, V] or codes [n, Z]."""
         G = self.raw("g")
         was = G.training
         G.eval()
@@ -235,12 +366,16 @@ class TextGANFamily(Family):
             self._check(r)
         gens = [seeded_generator(r.seed) for r in reqs]
         z = [torch.randn(r.n, self.latent_dim, generator=g) for r, g in zip(reqs, gens)]
-        probs = self.distributions(torch.cat(z)).split([r.n for r in reqs]) if reqs else []
-        out = []
-        for r, g, p in zip(reqs, gens, probs):
+        outs = self.distributions(torch.cat(z)).split([r.n for r in reqs]) if reqs else []
+        texts = []
+        for r, g, p in zip(reqs, gens, outs):
+            if self.approach == "latent":  # the VAE decoder writes one window per code, sampled from g
+                one = r.model_copy(update={"max_new_tokens": min(r.max_new_tokens, self.seq_len)})
+                texts.append(self.vae.decode_text(p, one, g))
+                continue
             ids = self.decode_ids(p, r, g)[:, : r.max_new_tokens]  # a sample is one window: at most seq_len chars
-            out.append([_cut_at_stop(self.tokenizer.decode(row.tolist()), r.stop) for row in ids])
-        return out
+            texts.append([_cut_at_stop(self.tokenizer.decode(row.tolist()), r.stop) for row in ids])
+        return texts
 
     def generate(self, request: Any) -> list[str]:
         """`n` unconditional samples of min(max_new_tokens, seq_len) characters; seeded samples repeat."""
@@ -257,21 +392,33 @@ class TextGANFamily(Family):
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
         """val_js4 (and val_js2) between fixed-seed samples' and held-out windows' char n-grams; critic scores."""
+        batches = list(batches)
         real = torch.cat([self.one_hot(b) for b in batches])  # [N, T, V]
         if real.size(0) < 2:
             raise ValueError("evaluate needs at least 2 validation windows")
         n = min(real.size(0), EVAL_MAX_SAMPLES)
-        z = torch.randn(n, self.latent_dim, generator=seeded_generator(self.cfg.train.seed + EVAL_SEED_OFFSET))
-        probs = self.distributions(z)  # [n, T, V]
-        fake_ids, real_ids = probs.argmax(-1).numpy(), real.argmax(-1).cpu().numpy()
+        seed = self.cfg.train.seed + EVAL_SEED_OFFSET
+        z = torch.randn(n, self.latent_dim, generator=seeded_generator(seed))
+        fake = self.distributions(z)  # [n, T, V] | [n, Z]
+        real_ids = real.argmax(-1).cpu().numpy()
+        out: dict[str, float] = {}
+        if self.approach == "char":
+            fake_ids, real_x = fake.argmax(-1).numpy(), real[:n]
+        else:  # decode the codes at temperature 1 (as served), from a fixed seed
+            req = TextRequest(n=1, seed=0, max_new_tokens=self.seq_len)
+            fake_ids = torch.tensor(self.vae.decode_tokens(fake, req, seeded_generator(seed))).numpy()  # [n, T]
+            real_x = torch.cat([self.codes(b) for b in batches])[:n]
+            out.update(self.vae.evaluate(batches))  # val_neg_elbo, val_recon_per_token, val_kl, ...
+            self.train(False)
         D = self.raw("d")
-        d_real = torch.cat([D(x).float() for x in real[:n].split(256)])
-        d_fake = torch.cat([D(x.to(self.device)).float() for x in probs.split(256)])
-        return {
+        d_real = torch.cat([D(x).float() for x in real_x.split(256)])
+        d_fake = torch.cat([D(x.to(self.device)).float() for x in fake.split(256)])
+        out.update({
             "val_js4": ngram_js(fake_ids, real_ids, 4),
             "val_js2": ngram_js(fake_ids, real_ids, 2),
             "val_wdist": float(d_real.mean() - d_fake.mean()),
-        }
+        })
+        return out
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:

@@ -343,14 +343,32 @@ class VAEFamily(Family):
         m: SentenceVAE = self.raw("vae")  # type: ignore[assignment]
         g = seeded_generator(req.seed)  # CPU: same seed, same text on any device
         n, L = req.n, m.latent_dim
-        inputs = torch.full((n, 1), m.bos_id, dtype=torch.long)  # [n, 1]
+        prompt = None
         if req.prompt:
             prompt = torch.tensor(self.tokenizer.encode(req.prompt), dtype=torch.long)
             mu, logvar = m.encode(prompt.to(self.device).unsqueeze(0))  # [1, L] each
             z = mu.cpu() + torch.exp(0.5 * logvar.cpu()) * torch.randn(n, L, generator=g)  # [n, L]
-            inputs = torch.cat([inputs, prompt.expand(n, -1)], dim=1)  # [n, 1 + P]
         else:
             z = torch.randn(n, L, generator=g)  # [n, L] from the prior
+        return self.decode_text(z, req, g, prompt)
+
+    def decode_text(
+        self, z: torch.Tensor, req: TextRequest, g: torch.Generator, prompt: torch.Tensor | None = None
+    ) -> list[str]:
+        """Texts decoded from latents z [n, L] (after [BOS, prompt]), each cut before its first stop string."""
+        return [_cut_at_stop(self.tokenizer.decode(o), req.stop) for o in self.decode_tokens(z, req, g, prompt)]
+
+    @torch.no_grad()
+    def decode_tokens(
+        self, z: torch.Tensor, req: TextRequest, g: torch.Generator, prompt: torch.Tensor | None = None
+    ) -> list[list[int]]:
+        """Token ids decoded from latents z [n, L] (after [BOS, prompt]), sampled with `req`'s settings from `g`."""
+        self.train(False)
+        m: SentenceVAE = self.raw("vae")  # type: ignore[assignment]
+        n = z.size(0)
+        inputs = torch.full((n, 1), m.bos_id, dtype=torch.long)  # [n, 1]
+        if prompt is not None:
+            inputs = torch.cat([inputs, prompt.expand(n, -1)], dim=1)  # [n, 1 + P]
         z = z.to(self.device)
         with self.autocast():
             logits, h = m.decode(inputs.to(self.device), z)
@@ -363,7 +381,7 @@ class VAEFamily(Family):
                 break
             with self.autocast():
                 logits, h = m.decode(ids.view(n, 1).to(self.device), z, h)
-        return [_cut_at_stop(self.tokenizer.decode(o), req.stop) for o in out]
+        return out
 
     # -- requests --------------------------------------------------------------------------------
 
