@@ -1,11 +1,19 @@
 """Sample quality of the text generators side by side (the text-GAN literature's table).
 
     .venv/bin/python bench/text_quality.py rnn=RUN1/bundle vae=RUN2/bundle textgan=RUN3/bundle
-    .venv/bin/python bench/text_quality.py --train 400     # rnn, sentence VAE, text GAN trained here
+    .venv/bin/python bench/text_quality.py --train 400     # rnn, sentence VAE, text GANs trained here
+    .venv/bin/python bench/text_quality.py --train 400 --corpus shakespeare   # tinyshakespeare windows
 
-With --train STEPS the three families are trained in this process (no Ray Train: each family's own
-train_step on random windows of jobs/configs/text-gan.yaml's prepared data, one torch thread) for
-STEPS steps each: a quick, reproducible comparison, not the models' best.
+With --train STEPS the families are trained in this process (no Ray Train: each family's own
+train_step on random windows of the corpus's prepared data, batch 32, one torch thread): the char
+RNN, the sentence VAE, the latent text GAN (the same sentence VAE config trained the same STEPS on
+the VAE row's trained VAE as its first phase, then --gan-steps latent WGAN-GP steps on its codes:
+the same decoder, prior codes vs GAN codes) and, with --char-gan, the char-level text GAN (STEPS
+critic steps). A quick, reproducible comparison, not the models' best.
+
+--corpus python-docs: builtin:python-docs (jobs/configs/text-gan.yaml's data); --corpus
+shakespeare: ../shared/data/tinyshakespeare/input.txt (nanoGPT's split, last 10% held out), 32-char
+windows (about one verse line each). Both: 32-char windows, held-out windows as the "sentences".
 
 Every bundle must be trained on the same corpus (the first bundle's prepared data is used: its
 train split for the reference LM and novelty, its validation windows as held-out "sentences").
@@ -35,42 +43,58 @@ from creagen_ray.metrics.text import CharLM, sample_report  # noqa: E402
 from creagen_ray.training.sample_metrics import split_texts  # noqa: E402
 
 
-TRAINED = {  # --train: small models of each family on the same windows
-    "char RNN": {"family": "rnn", "embed_dim": 32, "hidden_size": 128, "num_layers": 1},
-    "sentence VAE (prior)": {"family": "vae", "arch": "sentence", "latent_dim": 16, "embed_dim": 32,
-                             "hidden_size": 128, "kl_anneal_steps": 200, "word_dropout": 0.25},
-    "text GAN": {"family": "textgan", "latent_dim": 64, "channels": 64, "blocks": 2, "n_critic": 5},
+CORPORA = {  # --corpus: the data section (32-char windows; python-docs is text-gan.yaml's)
+    "python-docs": {"source": "builtin:python-docs", "modality": "text", "tokenizer": "char", "seq_len": 32},
+    "shakespeare": {"source": str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"), "modality": "text",
+                    "tokenizer": "char", "seq_len": 32, "val_fraction": 0.1},
+}
+SENTENCE_VAE = {"arch": "sentence", "latent_dim": 16, "embed_dim": 32, "hidden_size": 128, "kl_anneal_steps": 200,
+                "word_dropout": 0.4, "free_bits": 0.25}
+VAE_OPT = {"name": "adam", "lr": 2e-3, "grad_clip": 1.0}
+GAN_OPT = {"name": "adam", "lr": 1e-4, "betas": [0.5, 0.9], "grad_clip": None}
+# --train: label -> (model, optimizer); the latent GAN's VAE is SENTENCE_VAE with VAE_OPT, as the VAE row
+TRAINED = {
+    "char RNN": ({"family": "rnn", "embed_dim": 32, "hidden_size": 128, "num_layers": 1}, VAE_OPT),
+    "sentence VAE (prior)": ({"family": "vae", **SENTENCE_VAE}, VAE_OPT),
+    "text GAN (latent)": ({"family": "textgan", "approach": "latent", "latent_dim": 16, "channels": 256,
+                           "blocks": 2, "n_critic": 5, "vae": SENTENCE_VAE, "vae_optimizer": VAE_OPT}, GAN_OPT),
+    "text GAN (char)": ({"family": "textgan", "latent_dim": 64, "channels": 64, "blocks": 2, "n_critic": 5},
+                        {**GAN_OPT, "lr": 1e-3}),
 }
 
 
-def train_here(prepared: Any, steps: int, seed: int = 0) -> dict[str, Any]:
-    """Each TRAINED family, trained `steps` steps in this process on random train windows."""
+def train_here(prepared: Any, data: dict, steps: int, gan_steps: int, char_gan: bool, seed: int = 0) -> dict[str, Any]:
+    """Each TRAINED family, trained in this process on random train windows (the same batches for all)."""
     import torch
 
-    from creagen_ray.config import load_config
+    from creagen_ray.config import validate_config
     from creagen_ray.families import build_family
 
     torch.set_num_threads(1)
     tokens = torch.from_numpy(prepared.read_numpy("train", ["tokens"])["tokens"]).long()
-    base = load_config(ROOT / "jobs/configs/text-gan.yaml").model_dump(mode="json")
     out = {}
-    for label, model in TRAINED.items():
-        raw = {**base, "model": model, "loss": {}}
-        if model["family"] == "textgan":
-            raw["optimizer"] = {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.9], "grad_clip": None}
-        else:
-            raw["optimizer"] = {"name": "adam", "lr": 3e-3}
-        from creagen_ray.config import validate_config
-
-        cfg = validate_config(raw)
+    for label, (model, opt) in TRAINED.items():
+        if label == "text GAN (char)" and not char_gan:
+            continue
+        latent = model.get("approach") == "latent"
+        n = steps + gan_steps if latent else steps
+        if latent:
+            model = {**model, "vae_share": steps / n}
+        cfg = validate_config({"name": "text-quality", "data": data, "model": model, "optimizer": opt,
+                               "train": {"steps": n, "batch_size": 32}})
         torch.manual_seed(seed)
-        fam = build_family(cfg, prepared.spec, total_steps=steps, tokenizer=prepared.tokenizer)
+        fam = build_family(cfg, prepared.spec, total_steps=n, tokenizer=prepared.tokenizer)
+        if latent:  # phase 1 is the VAE row's model (same config, steps and batches): reuse it
+            fam.vae.load_state_dict(out["sentence VAE (prior)"].state_dict())
+            fam.step = fam.vae.step
         g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
-        for _ in range(steps):
-            fam.train_step({"tokens": tokens[torch.randint(0, len(tokens), (32,), generator=g)]})
+        last: dict[str, float] = {}
+        for _ in range(fam.step, n):
+            last = fam.train_step({"tokens": tokens[torch.randint(0, len(tokens), (32,), generator=g)]})
         fam.train(False)
-        print(f"{label}: {steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
+        shown = {k: round(v, 3) for k, v in last.items() if k in ("loss", "recon", "kl", "loss_d", "loss_g", "wdist")}
+        print(f"{label}: {n - steps if latent else n} steps in {time.perf_counter() - t0:.0f} s, last {shown}", flush=True)
         out[label] = fam
     return out
 
@@ -79,7 +103,11 @@ def main() -> None:
     """Print a markdown table (and JSON) of sample metrics for the real held-out text and each bundle."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("bundles", nargs="*", help="label=bundle_dir")
-    p.add_argument("--train", type=int, default=0, help="train the three families here for this many steps each")
+    p.add_argument("--train", type=int, default=0, help="train the families here for this many steps each")
+    p.add_argument("--gan-steps", type=int, default=1000, help="--train: latent-GAN steps after its VAE's")
+    p.add_argument("--char-gan", action="store_true", help="--train: also the char-level text GAN")
+    p.add_argument("--corpus", choices=sorted(CORPORA), default="python-docs", help="--train: the text")
+    p.add_argument("--source", help="--train: the corpus's text file (default for shakespeare: ../shared/data/...)")
     p.add_argument("--n", type=int, default=128, help="samples per generator (and held-out windows)")
     p.add_argument("--lm-steps", type=int, default=600, help="training steps of the reference and reverse LMs")
     p.add_argument("--storage", default="./runs", help="where the bundles' prepared data lives")
@@ -95,9 +123,10 @@ def main() -> None:
     bundles = {k: load_bundle(Path(v)) for k, v in (b.split("=", 1) for b in args.bundles)}
     if not bundles and not args.train:
         p.error("give label=bundle_dir arguments or --train STEPS")
-    from creagen_ray.config import load_config
+    from creagen_ray.config import DataConfig
 
-    data = next(iter(bundles.values())).cfg.data if bundles else load_config(ROOT / "jobs/configs/text-gan.yaml").data
+    corpus = {**CORPORA[args.corpus], **({"source": args.source} if args.source else {})}
+    data = next(iter(bundles.values())).cfg.data if bundles else DataConfig(**corpus)
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
     try:
         prepared = prepare_data(data, storage_path=args.storage)
@@ -105,7 +134,7 @@ def main() -> None:
         ray.shutdown()
     families = {k: b.family for k, b in bundles.items()}
     if args.train:
-        families.update(train_here(prepared, args.train))
+        families.update(train_here(prepared, data.model_dump(mode="json"), args.train, args.gan_steps, args.char_gan))
     length = int(prepared.spec.seq_len)
     train = "".join(split_texts(prepared, "train", 20000))
     heldout = split_texts(prepared, "val", 2 * args.n)
@@ -124,7 +153,8 @@ def main() -> None:
     for k, v in rows.items():
         print(f"{k} sample: {v[0]!r}")
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
-                      "train_steps": args.train, "uptime": os.popen("uptime").read().strip()}))
+                      "train_steps": args.train, "gan_steps": args.gan_steps, "corpus": args.corpus,
+                      "uptime": os.popen("uptime").read().strip()}))
 
 
 if __name__ == "__main__":
