@@ -111,6 +111,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=128, help="samples per generator (and held-out windows)")
     p.add_argument("--lm-steps", type=int, default=600, help="training steps of the reference and reverse LMs")
     p.add_argument("--storage", default="./runs", help="where the bundles' prepared data lives")
+    p.add_argument("--prepared", help="an already prepared data folder to use (instead of preparing --corpus)")
     args = p.parse_args()
     import ray
     import torch
@@ -127,11 +128,17 @@ def main() -> None:
 
     corpus = {**CORPORA[args.corpus], **({"source": args.source} if args.source else {})}
     data = next(iter(bundles.values())).cfg.data if bundles else DataConfig(**corpus)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
-    try:
-        prepared = prepare_data(data, storage_path=args.storage)
-    finally:
-        ray.shutdown()
+    if args.prepared:  # a folder `creagen prepare` (or an earlier run of this script) wrote: no Ray needed
+        from creagen_ray.data import load_prepared
+
+        prepared = load_prepared(args.prepared)
+        data = DataConfig(**prepared.manifest["config"])
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
+        try:
+            prepared = prepare_data(data, storage_path=args.storage)
+        finally:
+            ray.shutdown()
     families = {k: b.family for k, b in bundles.items()}
     if args.train:
         families.update(train_here(prepared, data.model_dump(mode="json"), args.train, args.gan_steps, args.char_gan))
