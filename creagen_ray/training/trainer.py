@@ -120,9 +120,9 @@ def training_dataset(prepared: Any, columns: list[str], materialize_mb: float) -
     A split whose uncompressed columns fit `materialize_mb` MiB is read once and kept in Ray's
     object store: every epoch then iterates the same blocks and starts at once, instead of
     restarting the Parquet read (1-8 s per epoch on 2 CPUs). The driver reads it with pyarrow
-    (through pyarrow.fs, so a URI works) and hands the tables to `ray.data.from_arrow`: no Ray
-    Data tasks, so no task worker processes to start and import pyarrow/Ray Data on a fresh
-    cluster (about 6 s of a short run, measured); the driver holds at most `materialize_mb` MiB
+    (through pyarrow.fs, so a URI works) and hands the tables to `ray.data.from_arrow`: no read
+    pipeline (ListFiles/ReadFiles tasks under a streaming executor) on the driver; from_arrow
+    still runs one small metadata task per shard. The driver holds at most `materialize_mb` MiB
     while it puts the blocks. Larger splits stream (`ray.data.read_parquet`); the loop's prefetch
     thread then starts the next epoch's read before the current one has been consumed. Only the
     columns the loop iterates are kept (iter_torch_batches needs a dtype for every column).
