@@ -155,7 +155,11 @@ def upload_png_folder(s3, prefix: str, per_class: int = 6) -> None:
 @pytest.mark.slow
 def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> None:
     """prepare from s3:// (text, PNG folder) -> train with storage_path s3://bucket/runs -> bundle and
-    checkpoints in the bucket, nothing on local disk -> serve s3://bucket/runs -> generate over HTTP."""
+    checkpoints in the bucket, nothing on local disk -> serve s3://bucket/runs -> generate over HTTP;
+    beside it, `creagen tune` with storage_path s3://: Tune's experiment, the trial runs, results
+    table, best.yaml and best bundle all land in the bucket, nothing in the working directory. One
+    trial is enough for where things land (ranking and several trials: tests/test_tuning.py, the
+    shipped demo-tune run)."""
     s3 = s3_server
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -170,24 +174,39 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     upload_png_folder(s3, "e2e/pngs", per_class=150)  # 300 files: the header checks span two tasks
     good = client.get_object(Bucket=s3.bucket, Key="e2e/pngs/bright/000.png")["Body"].read()
     client.put_object(Bucket=s3.bucket, Key="e2e/pngs/bright/137.png", Body=good[:40])  # one truncated file
-    runs = s3.uri("e2e/runs")
+    runs, bad_runs = s3.uri("e2e/runs"), s3.uri("e2e/bad-runs")
 
     # two independent threads of commands at once (each mostly waits on its own Ray's start-up), each on
     # its own private local Ray (TMPDIR apart, so neither joins the other's):
-    # an image folder in the bucket with one corrupt file: named, exit 2, nothing written in the bucket;
-    # then with data.skip_bad_files: Parquet shards in the bucket, the manifest counts and names it ...
-    tmps = [tempfile.mkdtemp(prefix="crs", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths
-    prepare = ["prepare", str(ROOT / "jobs/configs/demo-gan.yaml"), "--set", f"data.source={s3.uri('e2e/pngs')}",
-               "--set", "data.kind=png", "--set", "data.image_size=12", "--set", "data.channels=1",
-               "--set", f"train.storage_path={runs}"]
+    # an image folder in the bucket with one corrupt file: named, exit 2, nothing written under its
+    # storage path; then with data.skip_bad_files: Parquet shards in the bucket, the manifest counts and
+    # names it; then the tune command (its own empty working directory) ...
+    tmps = [tempfile.mkdtemp(prefix="crs", dir="/tmp") for _ in range(3)]  # short: Ray's socket paths
+    tune_cwd = tmp_path / "tune-cwd"
+    tune_cwd.mkdir()
+    tune_runs = s3.uri("tune-e2e/runs")
 
-    def prepare_bad_then_skip() -> tuple[subprocess.CompletedProcess, list[str], subprocess.CompletedProcess]:
-        bad = creagen(prepare, {**env, "TMPDIR": tmps[0]}, cwd)
-        written = [k for k in s3.keys("e2e/runs/data/") if "pngs-" in k]  # shards, temp folder (.pngs-*.tmp-*)
-        return bad, written, creagen([*prepare, "--set", "data.skip_bad_files=true"], {**env, "TMPDIR": tmps[0]}, cwd)
+    def prepare(storage_path: str, *more: str) -> list[str]:
+        return ["prepare", str(ROOT / "jobs/configs/demo-gan.yaml"), "--set", f"data.source={s3.uri('e2e/pngs')}",
+                "--set", "data.kind=png", "--set", "data.image_size=12", "--set", "data.channels=1",
+                "--set", f"train.storage_path={storage_path}", *more]
 
-    pool = ThreadPoolExecutor(max_workers=2)
-    prepare_run = pool.submit(prepare_bad_then_skip)
+    def prepare_bad_skip_then_tune() -> tuple[subprocess.CompletedProcess, list[str], subprocess.CompletedProcess,
+                                              subprocess.CompletedProcess]:
+        e = {**env, "TMPDIR": tmps[0]}
+        bad = creagen(prepare(bad_runs), e, cwd)
+        written = s3.keys("e2e/bad-runs/data/")  # shards, temp folder (.pngs-*.tmp-*)
+        skip = creagen(prepare(runs, "--set", "data.skip_bad_files=true"), e, cwd)
+        tune = creagen(
+            ["tune", str(ROOT / "jobs/configs/demo-tune.yaml"), "--set", f"train.storage_path={tune_runs}",
+             "--set", "tune.num_samples=1", "--set", "train.steps=10", "--set", "train.eval_every=5",
+             "--set", "train.checkpoint_every=5", "--set", "data.max_items=20000"],
+            {**e, "CREAGEN_CACHE_DIR": str(tmp_path / "tune-cache")}, tune_cwd, timeout=900,
+        )
+        return bad, written, skip, tune
+
+    pool = ThreadPoolExecutor(max_workers=3)
+    side = pool.submit(prepare_bad_skip_then_tune)
     # ... and text from the bucket, trained with 2 DDP workers, everything written to the bucket
     train_run = pool.submit(
         creagen,
@@ -197,15 +216,61 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
          "--set", "train.batch_size=16", "--set", "model.hidden_size=32", "--set", "model.embed_dim=16"],
         {**env, "TMPDIR": tmps[1]}, cwd,
     )
+    server = None
     try:
-        bad, written, r = prepare_run.result()
+        r = train_run.result()
+        assert r.returncode == 0, r.stderr[-3000:]
+        bundle_uri = s3.uri("e2e/runs/s3run/bundle")
+        assert f"bundle: {bundle_uri}" in r.stdout
+        keys = s3.keys("e2e/runs/s3run/")
+        assert "e2e/runs/s3run/bundle/manifest.json" in keys and "e2e/runs/s3run/bundle/weights.safetensors" in keys
+        assert any("/checkpoint_" in k and k.endswith("state.pt") for k in keys)
+        assert "e2e/runs/s3run/checkpoint_manager_snapshot.json" in keys
+
+        # serve the storage folder of runs: the run is served under its name, fetched by the replicas;
+        # meanwhile `creagen generate` fetches the bundle by its URI
+        port = free_port()
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("creagen")), "serve", runs, "--port", str(port)],
+            cwd=cwd, env={**env, "TMPDIR": tmps[2]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        by_uri = pool.submit(creagen, ["generate", bundle_uri, "--prompt", "the ", "--max-new-tokens", "20", "--n", "1"],
+                             env, cwd, 120)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 900  # Ray start-up alone took over 5 min on this machine under load
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                pytest.fail(f"creagen serve exited {server.returncode}:\n{server.stdout.read()[-4000:]}")
+            assert time.monotonic() < deadline, "creagen serve did not come up"
+            time.sleep(0.5)
+        models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
+        assert [m["id"] for m in models] == ["s3run"]
+        r = creagen(["generate", "--url", url, "--model", "s3run", "--prompt", "the ", "--max-new-tokens", "20",
+                     "--n", "1", "--seed", "1"], env, cwd, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("the ") and set(r.stdout.strip()) <= set(TEXT)
+        r = by_uri.result()
+        assert r.returncode == 0 and r.stdout.startswith("the "), r.stderr
+
+        bad, written, r, tune = side.result()
         assert bad.returncode == 2 and "bright/137.png" in bad.stderr and "data.skip_bad_files" in bad.stderr, (
             f"rc={bad.returncode}", bad.stderr[-3000:], bad.stdout[-1000:])
         assert written == []
         assert r.returncode == 0, r.stderr[-3000:]
         assert "skipped 1 unreadable file(s)" in r.stdout and "bright/137.png" in r.stdout, r.stdout
-        r = train_run.result()
     finally:
+        if server is not None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
         pool.shutdown(wait=True)
         for t in tmps:
             shutil.rmtree(t, ignore_errors=True)
@@ -215,75 +280,23 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     manifest = json.loads(client.get_object(Bucket=s3.bucket, Key=mkey)["Body"].read())
     assert manifest["skipped_files"]["count"] == 1 and "bright/137.png" in manifest["skipped_files"]["files"][0]
     assert sum(v["rows"] for v in manifest["splits"].values()) == 299
-    assert r.returncode == 0, r.stderr[-3000:]
-    bundle_uri = s3.uri("e2e/runs/s3run/bundle")
-    assert f"bundle: {bundle_uri}" in r.stdout
-    keys = s3.keys("e2e/runs/s3run/")
-    assert "e2e/runs/s3run/bundle/manifest.json" in keys and "e2e/runs/s3run/bundle/weights.safetensors" in keys
-    assert any("/checkpoint_" in k and k.endswith("state.pt") for k in keys)
-    assert "e2e/runs/s3run/checkpoint_manager_snapshot.json" in keys
     assert list(cwd.iterdir()) == []  # no ./runs, no data folder, nothing else on local disk
 
-    # serve the storage folder of runs: the run is served under its name, fetched by the replicas
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("creagen")), "serve", runs, "--port", str(port)],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 900  # Ray start-up alone took over 5 min on this machine under load
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "creagen serve did not come up"
-            time.sleep(1)
-        models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
-        assert [m["id"] for m in models] == ["s3run"]
-        r = creagen(["generate", "--url", url, "--model", "s3run", "--prompt", "the ", "--max-new-tokens", "20",
-                     "--n", "1", "--seed", "1"], env, cwd, timeout=120)
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.startswith("the ") and set(r.stdout.strip()) <= set(TEXT)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-    r = creagen(["generate", bundle_uri, "--prompt", "the ", "--max-new-tokens", "20", "--n", "1"], env, cwd, timeout=120)
-    assert r.returncode == 0 and r.stdout.startswith("the "), r.stderr
-    assert list(cwd.iterdir()) == []
-
-
-@pytest.mark.slow
-def test_tune_results_and_best_bundle_in_s3(s3, tmp_path: Path) -> None:
-    """`creagen tune` with storage_path s3://: Tune's experiment, the trial runs, results table, best.yaml
-    and best bundle all land in the bucket; nothing is written to the working directory. One trial is
-    enough for where things land (ranking and several trials: tests/test_tuning.py, the shipped demo-tune run)."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    env = {**os.environ, **s3.env, "CREAGEN_CACHE_DIR": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    runs = s3.uri("tune-e2e/runs")
-    r = creagen(
-        ["tune", str(ROOT / "jobs/configs/demo-tune.yaml"), "--set", f"train.storage_path={runs}",
-         "--set", "tune.num_samples=1", "--set", "train.steps=10", "--set", "train.eval_every=5",
-         "--set", "train.checkpoint_every=5", "--set", "data.max_items=20000"],
-        env, cwd, timeout=900,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    # the tune command: everything in the bucket, nothing in its working directory
+    assert tune.returncode == 0, tune.stderr[-3000:]
     exp = "tune-e2e/runs/tune/demo-tune/"
     keys = s3.keys(exp)
     for name in ("results.parquet", "results.csv", "best.yaml", "best_bundle/manifest.json"):
         assert exp + name in keys, (name, keys[:20])
     assert any(k.startswith(exp + "trial_runs/") and k.endswith("state.pt") for k in keys)
     assert any(k.rsplit("/", 1)[-1].startswith("experiment_state-") for k in keys)
-    assert f"bundle: {s3.uri(exp + 'best_bundle')}" in r.stdout
-    assert list(cwd.iterdir()) == []
-    assert load_bundle(s3.uri(exp + "best_bundle")).name == "rnn"
+    assert f"bundle: {s3.uri(exp + 'best_bundle')}" in tune.stdout
+    assert list(tune_cwd.iterdir()) == []
+    with pytest.MonkeyPatch.context() as mp:  # this process reads the bucket with the test credentials
+        for k, v in s3.env.items():
+            mp.setenv(k, v)
+        mp.setenv("CREAGEN_CACHE_DIR", str(tmp_path / "cache-here"))
+        assert load_bundle(s3.uri(exp + "best_bundle")).name == "rnn"
 
 
 @pytest.mark.parametrize(
