@@ -238,7 +238,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", weights: b
         tok_path = root / "tokenizer.json"
         tokenizer = tokenizer_from_dict(json.loads(tok_path.read_text())) if tok_path.is_file() else None
         metrics = json.loads((root / "metrics.json").read_text()) if (root / "metrics.json").is_file() else {}
-        family = build_family(cfg, spec, device=device, tokenizer=tokenizer)
+        family = build_family(cfg, spec, device=device, tokenizer=tokenizer, trainable=False)
     except (ValueError, TypeError, yaml.YAMLError) as e:
         raise BundleError(f"{root}: invalid bundle contents: {e}") from None
     if cfg.model.family != manifest.get("family"):

@@ -111,9 +111,12 @@ def build_family(
     device: torch.device | str = "cpu",
     total_steps: int | None = None,
     tokenizer: Any = None,
+    trainable: bool = True,
 ) -> Family:
-    """Build the family named by `cfg.model.family` for data described by `spec`."""
-    return family_class(cfg.model.family)(cfg, spec, device=device, total_steps=total_steps, tokenizer=tokenizer)
+    """Build the family named by `cfg.model.family` for data described by `spec` (`trainable=False`: no optimizers)."""
+    return family_class(cfg.model.family)(
+        cfg, spec, device=device, total_steps=total_steps, tokenizer=tokenizer, trainable=trainable
+    )
 
 
 def __getattr__(name: str) -> Any:

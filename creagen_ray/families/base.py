@@ -62,8 +62,10 @@ class Family:
         device: torch.device | str = "cpu",
         total_steps: int | None = None,
         tokenizer: Any = None,
+        trainable: bool = True,
     ) -> None:
         self.cfg = cfg
+        self.trainable = trainable  # False: inference only (a bundle, an export), no optimizers
         self.spec = spec
         self.device = torch.device(device)
         self.total_steps = total_steps
@@ -78,7 +80,8 @@ class Family:
         self.build()
         for m in self.modules.values():
             m.to(self.device)
-        self.build_optimizers()
+        if trainable:  # torch's first optimizer imports torch._dynamo (seconds): only where it trains
+            self.build_optimizers()
 
     # -- what a family defines ------------------------------------------------------------------
 
@@ -211,8 +214,9 @@ class Family:
         self.step = int(state["step"])
         for k, sd in state["modules"].items():
             self.raw(k).load_state_dict(sd)
-        for k, sd in state["steppers"].items():
-            self.steppers[k].load_state_dict(sd)
+        if self.trainable:  # an inference-only family keeps the weights and the step
+            for k, sd in state["steppers"].items():
+                self.steppers[k].load_state_dict(sd)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 

@@ -219,7 +219,8 @@ class TextGANFamily(Family):
             "model": m.vae.model_dump(mode="json"),
             "optimizer": m.vae_optimizer.model_dump(mode="json"),
         })
-        self.vae = VAEFamily(vae_cfg, self.spec, device=self.device, total_steps=self.vae_steps, tokenizer=self.tokenizer)
+        self.vae = VAEFamily(vae_cfg, self.spec, device=self.device, total_steps=self.vae_steps,
+                             tokenizer=self.tokenizer, trainable=self.trainable)
         code = m.vae.latent_dim
         self.modules = {
             "vae": self.vae.modules["vae"],

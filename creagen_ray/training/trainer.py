@@ -245,7 +245,8 @@ def family_from_checkpoint(checkpoint: Any, cfg: ExperimentConfig, prepared: Any
     """Rebuild the family on the CPU from a training checkpoint (driver side, for the bundle)."""
     state = load_ray_checkpoint(checkpoint)
     steps = total_steps(cfg, prepared.num_rows("train"))
-    family = build_family(cfg, prepared.spec, device="cpu", total_steps=steps, tokenizer=prepared.tokenizer)
+    family = build_family(cfg, prepared.spec, device="cpu", total_steps=steps, tokenizer=prepared.tokenizer,
+                          trainable=False)
     family.load_state_dict(state["family"])
     family.train(False)
     return family
