@@ -39,6 +39,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.console_noise import NOISE
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "jobs" / "configs"
 BIN = Path(sys.executable).parent
@@ -282,27 +284,6 @@ def test_shipped_config_trains(name: str, shipped_runs) -> None:
     loaded = load_bundle(bundle)  # verifies every file's sha256
     assert loaded.metrics["step"] == STEPS.get(name, 4)
     assert (run_dir.parent / "data").is_dir(), "prepared data belongs under the config's storage_path"
-
-
-# What `creagen train` printed before issue 13's console work: Ray's internals, one pattern each.
-NOISE = (
-    "Token authentication is enabled",
-    "Progress bars disabled",
-    "Requesting resources",
-    "Attempting to start training worker group",
-    "Started training worker group",
-    "Setting up process group",
-    "Moving model to device",
-    "PreemptionWatcher",
-    "core_worker.cc",
-    "RayDeprecationWarning",
-    "Reporting training result",
-    "Checkpoint successfully created",
-    "Failed to query Ray Train Controller actor state",
-    "placement_group_cleaner",
-    "multiple active Ray instances",
-    "Traceback",
-)
 
 
 @pytest.mark.slow

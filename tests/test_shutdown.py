@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from _serve_bundles import text_bundle
+from tests.console_noise import NOISE
 from tests.faults import ray_processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,11 +189,15 @@ def serve_until_sigint(bundle: Path, tmp_path: Path) -> float:
 
 
 def demo_until_sigint(tmp_path: Path) -> float:
-    """`creagen demo`: SIGINT once training reports a step; exit 130 within EXIT_S."""
+    """`creagen demo`: its console up to the first progress line holds none of Ray's noise (train and serve
+    run their own Rays beside it); SIGINT then; exit 130 within EXIT_S."""
     demo = Command(["demo", "--out", str(tmp_path / "demo"), "--families", "rnn", "--steps", "400"], ROOT)
     try:
         demo.wait_for(" step ")  # a progress line: training has started
         t0 = time.monotonic()
+        before = "".join(line for t, line in list(demo.lines) if t <= t0)
+        for pattern in NOISE:
+            assert pattern not in before, f"Ray's {pattern!r} on the demo's console:\n{before[-3000:]}"
         demo.proc.send_signal(signal.SIGINT)
         rc, seconds = demo.exit_after(t0)
         assert rc == 130, f"demo exited {rc} after SIGINT:\n{demo.output()}"

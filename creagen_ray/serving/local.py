@@ -50,8 +50,8 @@ def serve_forever(
     url, private = start_serve(config, host, port)
     print(f"creagen serving at {url}  (models: {url}/v1/models, docs: {url}/docs); Ctrl-C stops", flush=True)
     try:
-        while True:
-            time.sleep(3600)
+        while True:  # short sleeps: a SIGINT that one of Ray's threads took is seen within 0.5 s
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping", flush=True)
     finally:
