@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
@@ -57,31 +58,6 @@ def wait_http(url: str, timeout: float) -> None:
             pass
         time.sleep(1.0)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """Stop `ray start --block` and everything in *its* process group (never `ray stop`: other users' Ray).
-
-    SIGTERM to the whole group at once (each Ray process exits in parallel, rather than one after
-    another as `ray start --block` stops them), SIGKILL to whatever is left after `grace_s`.
-    """
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader, so an exited group reads as gone
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
 
 
 @pytest.fixture()

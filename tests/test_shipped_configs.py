@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.console_noise import NOISE
+from tests.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "jobs" / "configs"
@@ -118,31 +118,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """Stop `ray start --block` and everything in *its* process group (never `ray stop`: other users' Ray).
-
-    SIGTERM to the whole group at once (each Ray process exits in parallel, rather than one after
-    another as `ray start --block` stops them), SIGKILL to whatever is left after `grace_s`.
-    """
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader, so an exited group reads as gone
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
