@@ -104,6 +104,39 @@ class PreparedData:
         """The pyarrow filesystem the shards live on (`files()` are paths inside it)."""
         return open_location(str(self.path), "data path")[0]
 
+    def cached(self, kind: str, key: Any, load: Callable[[bytes], Any], build: Callable[[], tuple[Any, bytes]]) -> Any:
+        """An artifact derived from this data, kept at `<data>/<kind>/<key>.safetensors` (local or URI).
+
+        The key hashes the manifest's source checksum and config with `key`. A cached file is read
+        with `load` (ValueError or OSError: built again); otherwise `build()` gives (artifact, bytes)
+        and the bytes are written whole or not at all (a folder that cannot be written only means
+        no cache). Later runs and every Tune trial on the same data load it instead of building it.
+        """
+        fs, root = open_location(str(self.path), "data path")
+        src = json.dumps([self.manifest.get("source_sha256"), self.manifest.get("config"), key], sort_keys=True)
+        path = f"{root}/{kind}/{hashlib.sha256(src.encode()).hexdigest()[:16]}.safetensors"
+        try:
+            with fs.open_input_stream(path) as f:
+                return load(f.read())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as err:
+            log.warning("%s cache %s unreadable (%s): building it again", kind, path, err)
+        artifact, data = build()
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            fs.move(tmp, path)
+        except OSError as err:
+            log.warning("could not write the cache file %s: %s", path, err)
+            try:
+                fs.delete_file(tmp)
+            except OSError:
+                pass
+        return artifact
+
     @property
     def spec(self) -> DataSpec:
         """What a model is built from (vocab size / image shape)."""

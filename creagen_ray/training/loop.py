@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
-import os
 import queue
 import tempfile
 import threading
@@ -62,7 +60,6 @@ from creagen_ray.training.checkpoint import (
     seed_everything,
 )
 
-log = logging.getLogger(__name__)
 
 # how many labelled training images rank 0 uses to fit the FID feature net, and for how long
 FEATURE_NET_IMAGES = 2000
@@ -279,7 +276,7 @@ def _restore(family: Family, config: dict[str, Any], rank: int, world: int) -> t
 
 
 def _attach_feature_net(family: Family, data_path: str | None, spec: DataSpec) -> None:
-    """GAN-style families: fit the FID feature classifier on labelled train images (rank 0).
+    """GAN-style families: fit the FID feature classifier on labelled train images (rank 0), cached with the data.
 
     The net depends only on the prepared data and the seed, so it is kept next to the data
     (`<data>/feature_net/<key>.safetensors`, key: the manifest's source checksum and config, the
@@ -290,49 +287,22 @@ def _attach_feature_net(family: Family, data_path: str | None, spec: DataSpec) -
     if not hasattr(family, "feature_net") or not spec.num_classes or not data_path:
         return
     from creagen_ray.data import load_prepared
-    from creagen_ray.data.sources import open_location
     from creagen_ray.metrics import feature_net_bytes, feature_net_from_bytes, train_feature_net
 
     prepared = load_prepared(data_path)
     seed = family.cfg.train.seed
-    m = prepared.manifest
-    key_src = json.dumps([m.get("source_sha256"), m.get("config"), FEATURE_NET_IMAGES, FEATURE_NET_STEPS, seed], sort_keys=True)
-    fs, root = open_location(str(prepared.path), "data path")
-    cache = f"{root}/feature_net/{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.safetensors"
-    net, n_images = None, None
-    try:
-        with fs.open_input_stream(cache) as f:
-            net = feature_net_from_bytes(f.read())
-        n_images = min(FEATURE_NET_IMAGES, prepared.num_rows("train"))
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as err:
-        log.warning("feature net cache %s unreadable (%s): training it again", cache, err)
-    if net is None:
+    n_images = min(FEATURE_NET_IMAGES, prepared.num_rows("train"))
+
+    def build() -> tuple[Any, bytes]:
         rows = prepared.read_numpy("train", ["image", "label"])  # pyarrow, no Ray tasks
         images = torch.as_tensor(rows["image"][:FEATURE_NET_IMAGES])
         labels = torch.as_tensor(rows["label"][:FEATURE_NET_IMAGES]).long()
         net = train_feature_net(images, labels, num_classes=spec.num_classes, steps=FEATURE_NET_STEPS, seed=seed)
-        n_images = len(images)
-        _write_cache(fs, cache, feature_net_bytes(net))
+        return net, feature_net_bytes(net)
+
+    net = prepared.cached("feature_net", [FEATURE_NET_IMAGES, FEATURE_NET_STEPS, seed], feature_net_from_bytes, build)
     family.feature_net = net.to(family.device)
     family.feature_extractor = feature_extractor_name(n_images)
-
-
-def _write_cache(fs: Any, path: str, data: bytes) -> None:
-    """Write a cache file whole or not at all (a temporary name, then a rename); failures only logged."""
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    try:
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, path)
-    except OSError as err:
-        log.warning("could not write the cache file %s: %s", path, err)
-        try:
-            fs.delete_file(tmp)
-        except OSError:
-            pass
 
 
 def feature_extractor_name(n_images: int, steps: int = FEATURE_NET_STEPS) -> str:

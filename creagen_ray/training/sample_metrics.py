@@ -16,9 +16,6 @@ trained on the samples, so it is trained anew each time.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 from typing import Any
 
 import numpy as np
@@ -29,7 +26,6 @@ from creagen_ray.metrics.text import CharLM, sample_report
 UNKNOWN = "\ufffd"
 TRAIN_WINDOWS = 20000  # training windows the reference LM learns from (about 640k chars at seq_len 32)
 HELDOUT_WINDOWS = 256
-log = logging.getLogger(__name__)
 
 
 def split_texts(prepared: Any, split: str, limit: int) -> list[str]:
@@ -48,26 +44,18 @@ def data_vocab(prepared: Any, train: str, heldout: list[str]) -> list[str]:
 
 def reference_lm(prepared: Any, train: str, vocab: list[str], steps: int) -> CharLM:
     """CharLM.fit(train, vocab, steps), loaded from the data folder's cache when it is there (else written)."""
-    from creagen_ray.data.sources import open_location
-    from creagen_ray.training.loop import _write_cache
 
-    m = prepared.manifest
-    key_src = json.dumps([m.get("source_sha256"), m.get("config"), TRAIN_WINDOWS, vocab, steps, "charlm-1"], sort_keys=True)
-    fs, root = open_location(str(prepared.path), "data path")
-    cache = f"{root}/sample_lm/{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.safetensors"
-    try:
-        with fs.open_input_stream(cache) as f:
-            lm = CharLM.from_bytes(f.read())
-        if lm.chars == vocab:
-            return lm
-        log.warning("sample LM cache %s has another vocabulary: training it again", cache)
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as err:
-        log.warning("sample LM cache %s unreadable (%s): training it again", cache, err)
-    lm = CharLM.fit(train, vocab, steps=steps)
-    _write_cache(fs, cache, lm.to_bytes())
-    return lm
+    def load(data: bytes) -> CharLM:
+        lm = CharLM.from_bytes(data)
+        if lm.chars != vocab:
+            raise ValueError("another vocabulary")
+        return lm
+
+    def build() -> tuple[CharLM, bytes]:
+        lm = CharLM.fit(train, vocab, steps=steps)
+        return lm, lm.to_bytes()
+
+    return prepared.cached("sample_lm", [TRAIN_WINDOWS, vocab, steps, "charlm-1"], load, build)
 
 
 def text_sample_metrics(family: Any, prepared: Any, n: int = 64, lm_steps: int = 300) -> dict[str, float]:
