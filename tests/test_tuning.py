@@ -1,9 +1,13 @@
 """Ray Tune around the Ray Train loop: ASHA ranking, failures, interrupt + resume, PBT exploits.
 
 Real Ray (the session `ray_cluster`), tiny char GRUs on the embedded python-docs text, one Train
-worker per trial (0.45 CPU) so two trials run at once on 2 CPUs. The ASHA search trains the
-test-only "diverging" bigram family (tests/faults.py): one sampled lr turns its loss NaN, through
-the real backward pass, so the divergence is the loop's own detection, not a hook in it.
+worker per trial (0.2 CPU). The PBT search runs in a thread beside the ASHA search, in one driver on
+one cluster (2 trials each at once, 4 Train workers: 0.8 logical CPUs, the rest for Ray Data's
+tasks): most of a trial's time is Train start-up waiting, so the two overlap well; and two searches
+in one process must not run each other's trials (Tune keys a driver's trainables by name). The
+ASHA search trains the test-only "diverging" bigram family (tests/faults.py): one sampled lr turns
+its loss NaN, through the real backward pass, so the divergence is the loop's own detection, not a
+hook in it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,7 @@ def tiny_rnn(storage: Path, name: str, **tune: Any) -> dict[str, Any]:
         "optimizer": {"name": "adam", "lr": 2e-3},
         "train": {
             "num_workers": 1,
-            "cpus_per_worker": 0.45,
+            "cpus_per_worker": 0.2,
             "batch_size": 32,
             "steps": 30,
             "eval_every": 10,
@@ -53,6 +58,23 @@ def tiny_rnn(storage: Path, name: str, **tune: Any) -> dict[str, Any]:
 def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One storage folder for the module: the data is prepared once."""
     return tmp_path_factory.mktemp("tune-storage")
+
+
+@pytest.fixture(scope="module")
+def pbt_search(ray_cluster, storage: Path) -> Future:
+    """The PBT search of test_pbt_exploit_..., started in a thread (it runs beside the ASHA search)."""
+    from creagen_ray.config import validate_config
+    from creagen_ray.data import prepare_data
+    from creagen_ray.tuning import run_search
+
+    # both searches read the same prepared data: prepare it once here, not twice at the same moment
+    prepare_data(validate_config(tiny_rnn(storage, "data")).data, storage_path=str(storage))
+    raw = tiny_rnn(storage, "pbt", scheduler="pbt", perturbation_interval=2, num_samples=2)
+    raw["optimizer"]["lr"] = {"loguniform": [1e-4, 2e-2]}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pbt-search") as pool:
+        future = pool.submit(run_search, raw, verbose=0)
+        yield future
+        future.exception()  # wait for it, whatever the tests did
 
 
 def test_invalid_space_is_refused_before_any_trial(storage: Path) -> None:
@@ -96,17 +118,22 @@ def _result_rows(exp_dir: Path) -> dict[str, int]:
     return out
 
 
-def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> None:
-    """3 trials (lr grid) under ASHA, one diverging, interrupted after the first finishes, then resumed.
+@pytest.mark.filterwarnings("ignore:Consider boosting PBT performance")  # the PBT search beside it: reuse_actors=False
+def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path, pbt_search: Future) -> None:
+    """3 trials (lr grid) under ASHA, one diverging, interrupted after the first finishes, then resumed,
+    while the PBT search runs in a thread of the same driver.
 
     Two trials run at once, so the interrupt always leaves one unfinished; 3 trials (not 4) keep
     every check (a sane and an absurd lr ranked, a failure, resume) for one fewer Train start-up.
+    The interrupt (SIGUSR1) reaches the search in the main thread only: Tune installs its handler
+    there, and the PBT search in its thread runs on.
     """
     from creagen_ray.tuning import run_search
 
     raw = tiny_rnn(storage, "asha", scheduler="asha", grace_period=1, num_samples=1)
     raw["model"] = {"family": "diverging", "nan_at_step": 5, "nan_lr": DIVERGES}
     raw["optimizer"]["lr"] = {"grid": [SANE, ABSURD, DIVERGES]}
+    assert not pbt_search.done(), f"the PBT search ended before this one began: {pbt_search.exception()}"
     t0 = time.perf_counter()
     first = run_search(raw, callbacks=[_InterruptOnce()], verbose=0)
     t_first = time.perf_counter() - t0
@@ -149,7 +176,11 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path) -> N
 
     bundle = load_bundle(result.bundle_path)
     assert bundle.family.name == "diverging"  # a family registered from a test module (the family seam)
-    # every trial's Train workers were released (nothing leaked a placement group)
+    # the trials ran under this search's own trainable (the PBT search beside it registered its own):
+    # had the names collided, these trials would have trained PBT's rnn and nothing above would hold
+    assert {d.name.split("_")[0] for d in exp_dir.glob("CreagenTrial*_*") if d.is_dir()} == {"CreagenTrial-asha"}
+    pbt_search.exception()  # wait for the PBT search (its own test checks it)
+    # every trial's Train workers, of both searches, were released (nothing leaked a placement group)
     _assert_cpus_released(ray_cluster)
 
 
@@ -163,20 +194,14 @@ def _assert_cpus_released(ray: Any, timeout_s: float = 30.0) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Consider boosting PBT performance")  # reuse_actors=False on purpose
-def test_pbt_exploit_continues_from_donor_with_its_new_lr(ray_cluster, storage: Path) -> None:
+def test_pbt_exploit_continues_from_donor_with_its_new_lr(ray_cluster, pbt_search: Future) -> None:
     """2 trials, synch PBT after the 2nd evaluation: the loser restarts from the winner's checkpoint."""
-    from creagen_ray.tuning import run_search
-
-    raw = tiny_rnn(storage, "pbt", scheduler="pbt", perturbation_interval=2, num_samples=2)
-    raw["optimizer"]["lr"] = {"loguniform": [1e-4, 2e-2]}
-    result = run_search(raw, verbose=0)
+    result = pbt_search.result()
     print("\n" + result.summary())
-    histories = {  # trial id -> its results (result.json: metrics + the config they ran with)
-        d.name.split("_")[1] + "_" + d.name.split("_")[2]: [
-            json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()
-        ]
-        for d in result.experiment_dir.glob("CreagenTrial_*")
-    }
+    histories = {}  # trial id -> its results (result.json: metrics + the config they ran with)
+    for d in result.experiment_dir.glob("CreagenTrial-pbt_*"):  # trial folders named after the search
+        rows = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
+        histories[rows[0]["trial_id"]] = rows
     assert len(histories) == 2
     exploits = 0
     for target, history in histories.items():

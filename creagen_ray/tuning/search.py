@@ -14,8 +14,9 @@ and, with `train.use_gpu`, `train.gpus_per_worker`; `tune.max_concurrent_trials`
 
 from __future__ import annotations
 
-import tempfile
 import shutil
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,20 @@ from creagen_ray.tuning.trial import CreagenTrial, sampled_config
 
 # Tune keeps this many checkpoints per trial (PBT warns at 2 or fewer: exploits may need older ones)
 TUNE_CHECKPOINTS_TO_KEEP = 4
+
+
+def trainable_name(cfg: ExperimentConfig) -> str:
+    """The name Tune registers the search's trainable under (and its trial folders start with).
+
+    Tune keys a driver's trainables by name, so two searches in one process that registered the same
+    name would run each other's trials; the search's name keeps them apart and stays the same for
+    `--resume` (Tuner.restore requires the name the experiment was started with).
+    """
+    return f"CreagenTrial-{cfg.name}"
+
+
+_running: set[str] = set()  # trainable names of the searches running in this process (see run_search)
+_running_lock = threading.Lock()
 
 
 def to_domain(dim: Dimension, search: str) -> Any:
@@ -171,43 +186,53 @@ def run_search(
         ),
         {"cpu": cfg.tune.trial_cpus},
     )
-    t0 = time.perf_counter()
-    if resume:
-        # unfinished trials continue from their last checkpoint; finished ones are not re-run;
-        # errored ones stay errored (a diverged trial would diverge again)
-        tuner = tune.Tuner.restore(
-            exp_at["storage_path"],
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-            storage_filesystem=exp_at.get("storage_filesystem"),
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={p: to_domain(d, cfg.tune.search) for p, d in dims.items()},
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                scheduler=make_scheduler(cfg, dims),
-                num_samples=cfg.tune.num_samples,
-                max_concurrent_trials=cfg.tune.max_concurrent_trials,
-                reuse_actors=False,  # a fresh actor per run: its cleanup() always releases the Train workers
-            ),
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                **ray_storage(tune_root),
-                stop=stop,
-                callbacks=[*(callbacks or []), *tune_callbacks(cfg)],  # train.tracking: Ray's MLflow / TBX loggers
-                verbose=verbose,
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=TUNE_CHECKPOINTS_TO_KEEP, checkpoint_frequency=1, checkpoint_at_end=True
+    name = trainable_name(cfg)
+    with _running_lock:  # Tune's registry of trainables is not thread-safe: register here, one at a time
+        if name in _running:
+            raise ConfigError(f"name: a search named {cfg.name!r} is already running in this process")
+        _running.add(name)
+        tune.register_trainable(name, trainable)
+    try:
+        t0 = time.perf_counter()
+        if resume:
+            # unfinished trials continue from their last checkpoint; finished ones are not re-run;
+            # errored ones stay errored (a diverged trial would diverge again)
+            tuner = tune.Tuner.restore(
+                exp_at["storage_path"],
+                trainable=name,  # registered above: Tune registers nothing itself (no race with another search)
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+                storage_filesystem=exp_at.get("storage_filesystem"),
+            )
+        else:
+            tuner = tune.Tuner(
+                name,
+                param_space={p: to_domain(d, cfg.tune.search) for p, d in dims.items()},
+                tune_config=tune.TuneConfig(
+                    metric=metric,
+                    mode=mode,
+                    scheduler=make_scheduler(cfg, dims),
+                    num_samples=cfg.tune.num_samples,
+                    max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                    reuse_actors=False,  # a fresh actor per run: its cleanup() always releases the Train workers
                 ),
-                failure_config=tune.FailureConfig(max_failures=0),  # an error is a result: record it, go on
-            ),
-        )
-    grid = tuner.fit()
+                run_config=tune.RunConfig(
+                    name=cfg.name,
+                    **ray_storage(tune_root),
+                    stop=stop,
+                    callbacks=[*(callbacks or []), *tune_callbacks(cfg)],  # train.tracking: Ray's MLflow / TBX loggers
+                    verbose=verbose,
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=TUNE_CHECKPOINTS_TO_KEEP, checkpoint_frequency=1, checkpoint_at_end=True
+                    ),
+                    failure_config=tune.FailureConfig(max_failures=0),  # an error is a result: record it, go on
+                ),
+            )
+        grid = tuner.fit()
+    finally:
+        with _running_lock:
+            _running.discard(name)
     seconds = time.perf_counter() - t0
     return write_outputs(grid, cfg, base, dims, metric, exp_dir, seconds)
 
