@@ -22,6 +22,7 @@ import numpy as np
 
 from creagen_ray.config import TextRequest
 from creagen_ray.metrics.text import CharLM, sample_report
+from creagen_ray.training.checkpoint import one_torch_thread
 
 UNKNOWN = "\ufffd"
 TRAIN_WINDOWS = 20000  # training windows the reference LM learns from (about 640k chars at seq_len 32)
@@ -65,14 +66,8 @@ def text_sample_metrics(family: Any, prepared: Any, n: int = 64, lm_steps: int =
     intra-op threads only add synchronisation. Measured on the shared 2-core machine: 20 CharLM
     steps took 1.7-4.3 s on 1 thread and 13-125 s on 2 (load average 16-27, alternated).
     """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return _sample_metrics(family, prepared, n, lm_steps)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sample_metrics(family: Any, prepared: Any, n: int, lm_steps: int) -> dict[str, float]:

@@ -40,7 +40,7 @@ from creagen_ray.console import train_log_level
 from creagen_ray.config import ExperimentConfig, resolve_path, with_resolved_paths
 from creagen_ray.families import Family, build_family, family_class
 from creagen_ray.metrics.report import quality_section
-from creagen_ray.training.checkpoint import load_ray_checkpoint
+from creagen_ray.training.checkpoint import load_ray_checkpoint, one_torch_thread
 from creagen_ray.training.loop import batch_columns, train_loop_per_worker
 from creagen_ray.training.progress import ProgressCallback, ProgressDisplay
 from creagen_ray.training.tracking import Tracker
@@ -302,17 +302,19 @@ def train(
     except BaseException:
         tracker.fail()
         raise
-    family = family_from_checkpoint(result.checkpoint, cfg, prepared)
-    metrics = {**scalar_metrics(result.metrics), "run_name": name}
-    if cfg.train.sample_metrics and prepared.spec.modality == "text":
-        from creagen_ray.training.sample_metrics import text_sample_metrics
+    with one_torch_thread():  # small models on the driver: a second thread only spins (checkpoint.py)
+        family = family_from_checkpoint(result.checkpoint, cfg, prepared)
+        metrics = {**scalar_metrics(result.metrics), "run_name": name}
+        if cfg.train.sample_metrics and prepared.spec.modality == "text":
+            from creagen_ray.training.sample_metrics import text_sample_metrics
 
-        metrics.update(text_sample_metrics(family, prepared))
-    metrics["quality"] = quality_section(family, metrics, prepared)
-    from creagen_ray.memorization import index_files  # the memorization check's n-gram index (text)
+            metrics.update(text_sample_metrics(family, prepared))
+        metrics["quality"] = quality_section(family, metrics, prepared)
+        from creagen_ray.memorization import index_files  # the memorization check's n-gram index (text)
 
-    bundle = write_bundle(
-        family, bundle_location(cfg.train.storage_path, name), metrics, prepared.manifest, extra_files=index_files(prepared)
-    )
-    tracker.finish(family, str(bundle), metrics, prepared.spec.modality)
+        bundle = write_bundle(
+            family, bundle_location(cfg.train.storage_path, name), metrics, prepared.manifest,
+            extra_files=index_files(prepared),
+        )
+        tracker.finish(family, str(bundle), metrics, prepared.spec.modality)
     return TrainResult(bundle, metrics, str(result.path), result.checkpoint, family)
