@@ -2,14 +2,13 @@
 
     .venv/bin/python bench/serve_load.py [--seconds 4] [--clients 1,8,32] [--variants all] [--kill-seconds 20]
 
-Variants, each in its own process (the Serve flags must be in the environment before Ray starts):
-  plain              build_api + LocalBackend under uvicorn, one process, no Ray, no batching
-  split              proxy -> ingress -> family replica (Serve multiplexing on the family deployments)
-  split+haproxy      the same with RAY_SERVE_ENABLE_HA_PROXY=1
-  split+throughput   the same with RAY_SERVE_THROUGHPUT_OPTIMIZED=1
-  split+both         both flags
-  colocated          proxy -> one deployment holding HTTP, bundles and batching (one hop fewer)
-  colocated+both     colocated with both flags
+Variants, each in its own process (the data-plane flags must be in the environment before Ray
+starts; creagen_ray/serving/dataplane.py names them):
+  plain                 build_api + LocalBackend under uvicorn, one process, no Ray, no batching
+  split                 proxy -> ingress -> family replica (Serve multiplexing on the family deployments)
+  colocated             proxy -> one deployment holding HTTP, bundles and batching (one hop fewer)
+  <topology>+throughput the same on the `throughput` data plane (RAY_SERVE_THROUGHPUT_OPTIMIZED)
+  <topology>+haproxy    the same on the `haproxy` data plane (throughput + RAY_SERVE_ENABLE_HA_PROXY)
 For text (GRU 2x512, 32 new tokens) and image (DCGAN 64 ch, 64x64 RGB, n=1) at each client count:
 p50 / p99 latency, throughput and mean batch size (requests per model call, from /v1/stats); then
 streamed-text time to first token (p50 of sequential streams), and for the colocated variants a
@@ -41,18 +40,13 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from creagen_ray.serving.dataplane import dataplane_env  # noqa: E402
+
 TEXT_BODY = {"model": "rnn", "prompt": "the ", "max_new_tokens": 32}
 IMAGE_BODY = {"model": "gan", "n": 1}
-HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-VARIANTS: dict[str, tuple[str | None, dict[str, str]]] = {  # name -> (topology, env flags)
-    "plain": (None, {}),
-    "split": ("split", {}),
-    "split+haproxy": ("split", HAPROXY),
-    "split+throughput": ("split", THROUGHPUT),
-    "split+both": ("split", {**HAPROXY, **THROUGHPUT}),
-    "colocated": ("colocated", {}),
-    "colocated+both": ("colocated", {**HAPROXY, **THROUGHPUT}),
+VARIANTS: dict[str, tuple[str | None, str]] = {  # name -> (topology, data plane)
+    "plain": (None, "python"),
+    **{f"{t}{'' if d == 'python' else '+' + d}": (t, d) for t in ("split", "colocated") for d in ("python", "throughput", "haproxy")},
 }
 
 
@@ -97,6 +91,7 @@ async def load(url: str, path: str, body: dict, clients: int, seconds: float) ->
     """`clients` closed-loop clients for `seconds`: p50/p99 latency (ms), throughput (req/s), errors."""
     lat: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}  # why requests failed: HTTP status or exception name
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
         await c.post(path, json=body)  # warm: model loaded, connection open
@@ -108,18 +103,20 @@ async def load(url: str, path: str, body: dict, clients: int, seconds: float) ->
                 t = time.perf_counter()
                 try:
                     r = await c.post(path, json=body)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
+                    why = "" if r.status_code == 200 else str(r.status_code)
+                except httpx.HTTPError as e:
+                    why = type(e).__name__
+                if not why:
                     lat.append(time.perf_counter() - t)
                 else:
                     errors += 1
+                    kinds[why] = kinds.get(why, 0) + 1
 
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - start
-    return {"p50": 1000 * pct(lat, 0.5), "p99": 1000 * pct(lat, 0.99), "rps": len(lat) / elapsed, "n": len(lat), "err": errors}
+    return {"p50": 1000 * pct(lat, 0.5), "p99": 1000 * pct(lat, 0.99), "rps": len(lat) / elapsed, "n": len(lat), "err": errors,
+            "err_kinds": kinds}
 
 
 async def ttft(url: str, requests: int) -> float:
@@ -203,10 +200,10 @@ def kill_check(url: str, seconds: float) -> dict:
             if victim_name not in names and len(names) >= 2 and running_replicas("ingress") >= 2:
                 back = time.perf_counter() - t0
         r = await task
-        return {"failed": r["err"], "ok": r["n"], "replaced_s": back}
+        return {"failed": r["err"], "ok": r["n"], "replaced_s": back, "why": r["err_kinds"]}
 
     out = asyncio.run(main())
-    print(f"  replica kill under load: {out['failed']} failed of {out['failed'] + out['ok']}, "
+    print(f"  replica kill under load: {out['failed']} failed {out['why']} of {out['failed'] + out['ok']}, "
           f"2 replicas again after {secs(out['replaced_s'])}", flush=True)
     return out
 
@@ -245,6 +242,7 @@ def run_variant(name: str, store: Path, args: argparse.Namespace) -> dict:
         print(f"  serve.run {time.perf_counter() - t:.1f} s", flush=True)
         url = f"http://127.0.0.1:{port}"
         rows = measure(url, clients, args.seconds, args.streams)
+        rows["dataplane"] = httpx.get(f"{url}/v1/stats", timeout=30).json().get("dataplane")
         if topology == "colocated" and args.kill_seconds > 0:
             two = {**one, "autoscaling": {"min_replicas": 2, "max_replicas": 2}}
             serve.run(build_app(cfg.model_copy(update={"ingress": cfg.ingress.model_validate(two)})), name="creagen",
@@ -268,7 +266,7 @@ def fmt_table(results: dict, clients: list[int]) -> str:
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error'][:80]} |")
             continue
-        cells = [name]
+        cells = [f"{name} [{r.get('dataplane', '-')}]"]  # the data plane the replica reported
         for kind in ("text", "image"):
             cells += [f"{r[f'{kind}/{c}']['p50']:.0f} / {r[f'{kind}/{c}']['p99']:.0f}" for c in clients]
             top = r[f"{kind}/{clients[-1]}"]
@@ -298,6 +296,9 @@ def main() -> None:
         try:
             result = run_variant(args.variant, Path(args.store), args)
         except Exception as e:  # noqa: BLE001 - reported in the table
+            import traceback
+
+            traceback.print_exc()
             result = {"error": f"{type(e).__name__}: {e}"}
         Path(args.out).write_text(json.dumps(result))
         return
@@ -308,7 +309,7 @@ def main() -> None:
     results: dict = {}
     for name in names:
         out = store / f"{name}.json"
-        env = {**os.environ, **VARIANTS[name][1]}
+        env = {**os.environ, **dataplane_env(VARIANTS[name][1])}
         print(f"== {name}  [{uptime()}]", flush=True)
         cmd = [sys.executable, __file__, "--variant", name, "--store", str(store), "--out", str(out),
                "--seconds", str(args.seconds), "--clients", args.clients, "--streams", str(args.streams),

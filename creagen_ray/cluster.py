@@ -11,7 +11,7 @@ import ray
 from creagen_ray.console import quiet, ray_log_level, reapply_after_import, runtime_env
 
 
-def connect_ray(address: str | None = None) -> bool:
+def connect_ray(address: str | None = None, private_env: dict[str, str] | None = None) -> bool:
     """Join Ray: `address` when given; else a running cluster; else a private local one.
 
     "A running cluster" is RAY_ADDRESS (set inside Ray Jobs) or the cluster `ray start` recorded
@@ -19,6 +19,8 @@ def connect_ray(address: str | None = None) -> bool:
     Ray process found by scanning `ps` (e.g. another user's test session), so it is not tried
     otherwise. `address="local"` always starts a private runtime (the demo uses that). Never
     re-initializes when Ray is already up; a local runtime has no dashboard (about 0.9 GB less).
+    `private_env` is set in this process's environment just before a private runtime starts, so
+    every Ray process inherits it (Serve's data-plane flags); a joined cluster keeps its own.
     Returns True when it started that private runtime (ray.shutdown() then ends all of it).
     """
     if ray.is_initialized():
@@ -39,6 +41,7 @@ def connect_ray(address: str | None = None) -> bool:
                 return False
             except ConnectionError:  # a stale record of a stopped cluster
                 pass
+    os.environ.update(private_env or {})
     package_root = str(Path(__file__).resolve().parents[1])  # workers import creagen_ray from here too
     pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(

@@ -38,6 +38,7 @@ from creagen_ray.bundle import Bundle, BundleError, load_bundle, pinned
 from creagen_ray.config import TextRequest
 from creagen_ray.serving.api import Overloaded, build_api
 from creagen_ray.serving.batching import BatchingBackend
+from creagen_ray.serving.dataplane import current_dataplane
 from creagen_ray.serving.engine import LocalBackend
 from creagen_ray.serving.settings import BatchSettings, DeploymentSettings, ServeConfig
 from creagen_ray.serving.store import BundleStore, UnknownModel
@@ -147,7 +148,7 @@ class ServeBackend:
         """Stats of one replica per family deployment."""
         names = sorted(self.generators)
         got = await asyncio.gather(*(self.generators[f].stats.remote() for f in names))
-        return {"backend": "serve-split", "families": dict(zip(names, got))}
+        return {"backend": "serve-split", "dataplane": current_dataplane(), "families": dict(zip(names, got))}
 
 
 class ColocatedBackend(BatchingBackend):
@@ -164,6 +165,7 @@ class ColocatedBackend(BatchingBackend):
         families = sorted({info.family for info in self.store.models.values()})
         return {
             "backend": "serve-colocated",
+            "dataplane": current_dataplane(),
             "replica": serve.get_replica_context().replica_id.unique_id,
             "loaded_models": list(self.cache._bundles),
             "families": {f: self.family_stats(f) for f in families},

@@ -12,14 +12,21 @@ from creagen_ray.cluster import connect_ray
 
 from creagen_ray.serving.api import REQUEST_LOG_NOTICE
 from creagen_ray.serving.app import build_app
+from creagen_ray.serving.dataplane import DEFAULT, Dataplane, dataplane_env
 from creagen_ray.serving.settings import ServeConfig
 
 APP_NAME = "creagen"
 
 
-def start_serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> tuple[str, bool]:
-    """Start Ray (if needed) and Serve, deploy the app for `config`; (base URL, True if Ray is our own)."""
-    private = connect_ray()
+def start_serve(
+    config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, dataplane: Dataplane = DEFAULT
+) -> tuple[str, bool]:
+    """Start Ray (if needed) and Serve, deploy the app for `config`; (base URL, True if Ray is our own).
+
+    `dataplane` (creagen_ray/serving/dataplane.py) applies when Ray is started here; a running
+    cluster serves with the flags its nodes were started with.
+    """
+    private = connect_ray(private_env=dataplane_env(dataplane))
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}", private
@@ -34,6 +41,7 @@ def serve_forever(
     max_concurrent_per_client: int | None = None,
     memorization: str = "off",
     request_log: str | None = None,
+    dataplane: Dataplane = DEFAULT,
 ) -> int:
     """Serve `bundles` until Ctrl-C, then shut Serve down; the CLI's exit code."""
     config = ServeConfig(
@@ -47,7 +55,7 @@ def serve_forever(
     )
     if config.request_log:
         print("creagen serve: " + REQUEST_LOG_NOTICE.format(path=config.request_log), flush=True)
-    url, private = start_serve(config, host, port)
+    url, private = start_serve(config, host, port, dataplane)
     print(f"creagen serving at {url}  (models: {url}/v1/models, docs: {url}/docs); Ctrl-C stops", flush=True)
     try:
         while True:  # short sleeps: a SIGINT that one of Ray's threads took is seen within 0.5 s

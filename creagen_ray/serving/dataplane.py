@@ -1,0 +1,47 @@
+"""Ray Serve's data plane: the environment flags that choose it, set before Ray starts.
+
+Ray 2.60 reads these flags once, at import, in every Ray process (controller, proxy, replicas), so
+they must be in the environment of every node *before* `ray start`; an application's
+`runtime_env.env_vars` reaches its replicas only. `creagen serve` sets them when it starts its own
+Ray; on a cluster they go in the node environment (deploy/k8s/*.yaml, cluster.yaml).
+
+    python       Serve's Python proxy; Ray actor calls between proxy and replica
+    throughput   RAY_SERVE_THROUGHPUT_OPTIMIZED: gRPC between Serve processes, direct ingress,
+                 user code on the replica's event loop (creagen's model calls run in a worker
+                 thread), frozen GC; the HTTP side stays on the host `creagen serve` binds
+    haproxy      throughput + RAY_SERVE_ENABLE_HA_PROXY: HAProxy replaces the Python proxy. Ray then
+                 binds the replicas' HTTP ports, HAProxy's stats (8404) and metrics (9101) ports on
+                 every interface, so it is never loopback-only
+
+Measured side by side by `bench/serve_load.py` (docs/benchmarks.md#serving-ray-serve).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+Dataplane = Literal["python", "throughput", "haproxy"]
+
+THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+FLAGS: dict[str, dict[str, str]] = {
+    "python": {},
+    "throughput": THROUGHPUT,
+    "haproxy": {**THROUGHPUT, **HAPROXY},
+}
+DEFAULT: Dataplane = "throughput"
+
+
+def dataplane_env(name: Dataplane) -> dict[str, str]:
+    """The environment variables that select data plane `name` (empty for Serve's default)."""
+    return dict(FLAGS[name])
+
+
+def current_dataplane(environ: os._Environ | dict[str, str] = os.environ) -> str:
+    """The data plane this process's environment selects (what a replica reports in /v1/stats)."""
+    on = {k for k, v in environ.items() if v == "1"}
+    for name in ("haproxy", "throughput"):
+        if set(FLAGS[name]) <= on:
+            return name
+    return "python"
