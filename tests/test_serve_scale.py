@@ -71,6 +71,22 @@ def test_cli_string_args_and_builder(store: Path) -> None:
     assert isinstance(app_builder({"bundles": str(store), "topology": "split"}), Application)
 
 
+def test_dataplane_names_their_flags(capsys: pytest.CaptureFixture) -> None:
+    """Each data plane's flags are what a replica reports back; `creagen serve --dataplane` takes only those names."""
+    from creagen_ray.cli import build_parser
+    from creagen_ray.serving.dataplane import DEFAULT, FLAGS, current_dataplane, dataplane_env
+
+    assert {name: current_dataplane(dataplane_env(name)) for name in FLAGS} == {name: name for name in FLAGS}
+    assert current_dataplane({"RAY_SERVE_ENABLE_HA_PROXY": "1"}) == "python"  # HAProxy alone is not a creagen data plane
+    assert current_dataplane({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}) == "python"
+    parser = build_parser()
+    assert parser.parse_args(["serve", "b"]).dataplane == DEFAULT == "throughput"
+    assert parser.parse_args(["serve", "b", "--dataplane", "haproxy"]).dataplane == "haproxy"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "b", "--dataplane", "grpc"])
+    assert "invalid choice: 'grpc'" in capsys.readouterr().err
+
+
 def test_default_deployments_fit_the_cluster() -> None:
     """Unset replica bounds / CPU shares fit the CPUs: every replica of every deployment can be placed."""
     from creagen_ray.serving.app import fit_to_cluster

@@ -4,7 +4,9 @@
 
 The RayService's `serveConfigV2` is serve/config.yaml with the Kubernetes differences applied:
 HTTP on 0.0.0.0 (the pod network; the Service in front decides exposure) and bundles read from
-the shared runs volume that rayjob.yaml trains into. Its cluster is raycluster.yaml's spec.
+the shared runs volume that rayjob.yaml trains into. Its cluster is raycluster.yaml's spec, with
+the default Serve data plane's flags (creagen_ray/serving/dataplane.py) in every Ray container's
+environment: Ray reads them when a node starts, so the application's runtime_env is too late.
 tests/test_k8s.py checks the committed file is this rendering and validates it against KubeRay's CRD.
 """
 
@@ -17,6 +19,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from creagen_ray.serving.dataplane import DEFAULT, dataplane_env  # noqa: E402
 BUNDLES = "/home/ray/runs/bundles"
 HEADER = """\
 # Serving on Kubernetes (KubeRay operator >= 1.3), GENERATED from serve/config.yaml by
@@ -36,6 +41,11 @@ def render() -> dict:
     serve_cfg["http_options"] = {**serve_cfg.get("http_options", {}), "host": "0.0.0.0"}
     for app in serve_cfg["applications"]:
         app.setdefault("args", {})["bundles"] = [BUNDLES]
+    spec = cluster["spec"]
+    for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
+        for container in group["template"]["spec"]["containers"]:
+            env = container.setdefault("env", [])
+            env += [{"name": k, "value": v} for k, v in dataplane_env(DEFAULT).items() if k not in {e["name"] for e in env}]
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
