@@ -60,3 +60,25 @@ def image_bundle(out: Path, family_name: str, steps: int = 20) -> Path:
     for i in range(steps):
         family.train_step({"image": shapes(16, seed=i)})
     return write_bundle(family, out, metrics={"loss": 0.5, "steps": steps})
+
+
+def textgan_bundle(out: Path, steps: int = 20, seq_len: int = 32) -> Path:
+    """A small latent text GAN (text-gan.yaml's approach: sentence VAE steps, then WGAN-GP steps on its
+    codes) trained `steps` steps on the pangram; vocab = the pangram's characters."""
+    tok = CharTokenizer.fit(TEXT)
+    cfg = ExperimentConfig(
+        name="tiny-textgan",
+        data=DataConfig(modality="text", seq_len=seq_len),
+        model={"family": "textgan", "approach": "latent", "latent_dim": 8, "channels": 16, "blocks": 1,
+               "vae": {"arch": "sentence", "latent_dim": 8, "embed_dim": 16, "hidden_size": 32}, "vae_share": 0.5},
+        train=TrainConfig(steps=steps, batch_size=16),
+    )
+    spec = DataSpec(modality="text", vocab_size=tok.vocab_size, seq_len=seq_len)
+    torch.manual_seed(0)
+    family = build_family(cfg, spec, total_steps=steps, tokenizer=tok)
+    ids = torch.tensor(tok.encode(TEXT))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq_len - 1, (16,), generator=g)
+        family.train_step({"tokens": torch.stack([ids[s : s + seq_len + 1] for s in starts])})
+    return write_bundle(family, out, metrics={"loss": 1.0, "steps": steps})

@@ -1,4 +1,4 @@
-"""Ray Serve end to end on loopback: three real bundles, real HTTP (httpx), one deployment per module.
+"""Ray Serve end to end on loopback: four real bundles (rnn, vae, gan, textgan), real HTTP (httpx), one deployment per module.
 
 The split topology (ingress -> one deployment per family); tests/test_serve_scale.py covers the
 default colocated one. Checks: every endpoint's content (PNG sizes, vocab), seeded reproducibility, SSE streaming that
@@ -31,7 +31,7 @@ from PIL import Image
 from schemathesis import GenerationMode
 from safetensors.torch import load_file, save_file
 
-from _serve_bundles import IMAGE_SIZE, TEXT, image_bundle, shapes, text_bundle
+from _serve_bundles import IMAGE_SIZE, TEXT, image_bundle, shapes, text_bundle, textgan_bundle
 from creagen_ray.bundle import MANIFEST, sha256_file
 from creagen_ray.config import TextRequest
 from creagen_ray.images import png_bytes
@@ -51,12 +51,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle store: rnn, vae, gan, a tampered copy, a symlink escaping the store, and two hostile
+    """A bundle store: rnn, vae, gan, textgan, a tampered copy, a symlink escaping the store, and two hostile
     bundles whose manifests verify: NaN weights, and a file that is a symlink leaving the store."""
     root = tmp_path_factory.mktemp("store")
     text_bundle(root / "rnn", steps=20)
     image_bundle(root / "vae", "vae", steps=10)
     image_bundle(root / "gan", "gan", steps=10)
+    textgan_bundle(root / "textgan", steps=20)
     shutil.copytree(root / "rnn", root / "tampered")
     with open(root / "tampered" / "weights.safetensors", "r+b") as f:  # flip one byte of the weights
         f.seek(-1, os.SEEK_END)
@@ -95,7 +96,7 @@ def url(ray_cluster, store: Path):
     }
     cfg = ServeConfig(
         bundles=[str(store)], topology="split", api_key=API_KEY, max_body_bytes=256 * 1024,
-        families={"rnn": family, "vae": family, "gan": family},
+        families={"rnn": family, "vae": family, "gan": family, "textgan": family},
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -128,7 +129,7 @@ def test_models_health_and_rejected_bundles(http: httpx.Client, url: str) -> Non
     assert httpx.get(f"{url}/healthz").json()["status"] == "ok"  # open without the key
     body = http.get("/v1/models").json()
     by_id = {m["id"]: m for m in body["models"]}
-    assert set(by_id) == {"rnn", "vae", "gan"}
+    assert set(by_id) == {"rnn", "vae", "gan", "textgan"}
     assert by_id["rnn"]["family"] == "rnn" and by_id["rnn"]["modality"] == "text"
     assert by_id["vae"]["capabilities"] == ["image", "interpolate", "reconstruct"]
     assert by_id["gan"]["metrics"]["steps"] == 10
@@ -138,6 +139,20 @@ def test_models_health_and_rejected_bundles(http: httpx.Client, url: str) -> Non
         r = http.post("/v1/images/generate", json={"model": model, "n": 1})
         assert r.status_code == 409, r.text
     assert http.get("/docs").status_code == 200
+
+
+def test_textgan_serves_seeded_in_vocab_text_and_refuses_a_prompt(http: httpx.Client) -> None:
+    """The latent text GAN behind its own deployment: same seed, same texts; every character in its
+    vocabulary; a prompt (it generates unconditionally) is a 400 naming the prompt."""
+    body = {"model": "textgan", "n": 3, "seed": 5, "max_new_tokens": 20}
+    a, b = (http.post("/v1/text/generate", json=body) for _ in range(2))
+    assert a.status_code == 200, a.text
+    texts = a.json()["texts"]
+    assert texts == b.json()["texts"] and len(texts) == 3
+    assert all(len(t) == 20 and set(t) <= VOCAB for t in texts), texts
+    assert http.post("/v1/text/generate", json={**body, "seed": 6}).json()["texts"] != texts
+    refused = http.post("/v1/text/generate", json={**body, "prompt": "the "})
+    assert refused.status_code == 400 and "prompt" in refused.text, refused.text
     assert "/v1/text/generate" in http.get("/openapi.json").json()["paths"]
 
 
@@ -425,7 +440,7 @@ def test_python_client_and_cli_url_mode(url: str, store: Path, tmp_path: Path, c
 
     monkeypatch.setenv("CREAGEN_API_KEY", API_KEY)  # never on the command line
     with CreagenClient(url, api_key=API_KEY) as c:
-        assert {m["id"] for m in c.models()} == {"rnn", "vae", "gan"}
+        assert {m["id"] for m in c.models()} == {"rnn", "vae", "gan", "textgan"}
         assert "".join(c.stream_text("rnn", "the ", max_new_tokens=20, seed=1)) == c.text("rnn", "the ", max_new_tokens=20, seed=1)[0]
         assert png_size(c.interpolate("vae", steps=3)) == (grid_side(3), grid_side(1))
         with pytest.raises(CreagenHTTPError) as e:

@@ -17,13 +17,16 @@ with a cluster runs them; its workers run in another directory too), which saves
 start. Three commands run at a time. The demo-rnn run doubles as the console check: its default
 console shows progress and the bundle line and none of Ray's noise while that other Ray runs on
 the machine. demo-vae trains with its own 2 DDP workers (the others with one) and carries the DDP
-checks of an image family: loss falls, replicas equal, a PNG grid, a tampered bundle refused.
+checks of an image family: loss falls, replicas equal, a PNG grid, a tampered bundle refused. text-gan
+trains on its shipped 2 DDP workers too: replicas equal, its validation and sample metrics in the bundle
+(the text GAN on Serve: tests/test_serve.py).
 Configs that read ../shared/data skip when it is absent. The search configs validate (their paths
 resolved); demo-tune.yaml also runs a tiny search from another directory.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -59,9 +62,10 @@ FEW_STEPS = [
     "train.num_workers=1", "train.steps=4", "train.epochs=null", "train.eval_every=2", "train.eval_batches=2",
     "train.checkpoint_every=4", "train.log_every=2",
 ]
-# demo-vae: its own 2 DDP workers and enough steps for the loss to fall
+# demo-vae: its own 2 DDP workers and enough steps for the loss to fall; text-gan: its own 2 DDP workers
 MORE = {"demo-vae": ["train.num_workers=2", "train.steps=30", "train.eval_every=10", "train.checkpoint_every=10",
-                     "train.log_every=5"]}
+                     "train.log_every=5"],
+        "text-gan": ["train.num_workers=2"]}
 STEPS = {"demo-vae": 30}
 # the order commands start in, 3 at a time, longest first; configs on the same prepared data run one
 # after another in one chain, so the data is prepared once and the image configs' FeatureNet is
@@ -315,6 +319,27 @@ def test_demo_vae_ddp_loss_falls_replicas_equal_png_and_tampered_bundle(shipped_
     weights.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="weights.safetensors does not match its sha256"):
         load_bundle(copy)
+
+
+@pytest.mark.slow
+def test_text_gan_ddp_bundle_has_val_and_sample_metrics(shipped_runs) -> None:
+    """text-gan.yaml on its shipped 2 DDP workers (latent: VAE steps, then WGAN-GP steps): replicas equal, the
+    final validation's js4 and the shipped sample metrics reach the bundle, and it writes seeded in-vocab text."""
+    from creagen_ray.bundle import load_bundle
+    from creagen_ray.config import TextRequest
+
+    if "text-gan@elsewhere" not in shipped_runs:
+        pytest.skip("text-gan was deselected")
+    future, run_dir = shipped_runs["text-gan@elsewhere"]
+    _check(future.result(), "creagen train text-gan.yaml")
+    loaded = load_bundle(run_dir / "bundle")
+    assert_replicas_equal(loaded.metrics)
+    assert 0.0 < loaded.metrics["val_js4"] <= 0.7, loaded.metrics  # Jensen-Shannon of 4-gram counts, in nats
+    for k in ("sample_lm_score", "sample_reverse_lm_score", "sample_bleu4", "sample_self_bleu4", "sample_novelty8"):
+        assert math.isfinite(loaded.metrics[k]), (k, loaded.metrics)
+    texts = loaded.generate(TextRequest(n=3, seed=5, max_new_tokens=20))
+    assert texts == loaded.generate(TextRequest(n=3, seed=5, max_new_tokens=20)) and len(texts) == 3
+    assert all(len(t) == 20 and set(t) <= set(loaded.family.tokenizer.chars) for t in texts), texts
 
 
 def assert_replicas_equal(metrics: dict) -> None:

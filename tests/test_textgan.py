@@ -1,12 +1,12 @@
-"""The text GAN (char-level WGAN-GP): critic separates real from fake, in-vocab seeded samples, and
-(slow) Ray Train DDP -> bundle -> Ray Serve /v1/text/generate."""
+"""The text GAN (char-level WGAN-GP; latent): critic separates real from fake, in-vocab seeded samples.
+
+Ray Train DDP -> bundle rides on the shipped text-gan.yaml run (2 workers; tests/test_shipped_configs.py::
+test_text_gan_ddp_bundle_has_val_and_sample_metrics); the text GAN on Ray Serve, /v1/text/generate, on the
+serving tests' deployments (tests/test_serve.py::test_textgan_serves_seeded_in_vocab_text_and_refuses_a_prompt)."""
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
@@ -69,50 +69,6 @@ def test_critic_separates_real_from_fake_and_samples_are_seeded_in_vocab_text(on
     assert fam.generate_many(reqs) == [fam.generate(r) for r in reqs]  # batched = one by one
     with pytest.raises(ValueError, match="unconditional"):
         fam.generate(TextRequest(prompt="the"))
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_textgan_trains_with_ddp_and_serves_seeded_text(ray_cluster, tmp_path: Path) -> None:
-    """2 DDP workers on python-docs, a bundle with sample metrics, then /v1/text/generate on Serve."""
-    from ray import serve
-
-    from creagen_ray.config import load_config
-    from creagen_ray.serving.app import build_app
-    from creagen_ray.serving.settings import ServeConfig
-    from creagen_ray.training import train
-
-    cfg = load_config("jobs/configs/text-gan.yaml", [
-        f"train.storage_path={tmp_path}", "train.steps=10", "train.eval_every=10", "train.checkpoint_every=10",
-        "train.eval_batches=2", "train.batch_size=16", "data.max_items=20000", "model.channels=16",
-        "model.blocks=1", "train.sample_metrics=false",
-    ])
-    result = train(cfg, progress=False)
-    assert 0.0 < result.metrics["val_js4"] <= 0.7  # the validation metric reached the bundle
-    chars = set(result.family.tokenizer.chars)
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(ServeConfig(bundles=[str(result.bundle_path)], families={"textgan": {"num_cpus": 0.1}})),
-                  name="creagen", route_prefix="/")
-        body = {"model": "bundle", "n": 3, "seed": 5, "max_new_tokens": 20}
-        url = f"http://127.0.0.1:{port}/v1/text/generate"
-        a, b = (httpx.post(url, json=body, timeout=60) for _ in range(2))
-        assert a.status_code == 200, a.text
-        texts = a.json()["texts"]
-        assert texts == b.json()["texts"] and len(texts) == 3
-        assert all(len(t) == 20 and set(t) <= chars for t in texts)
-        refused = httpx.post(url, json={**body, "prompt": "def "}, timeout=60)
-        assert refused.status_code == 400 and "prompt" in refused.text
-    finally:
-        serve.shutdown()
 
 
 def test_shipped_text_gan_configs_validate() -> None:
