@@ -20,12 +20,16 @@ the machine. demo-vae trains with its own 2 DDP workers (the others with one) an
 checks of an image family: loss falls, replicas equal, a PNG grid, a tampered bundle refused. text-gan
 trains on its shipped 2 DDP workers too: replicas equal, its validation and sample metrics in the bundle
 (the text GAN on Serve: tests/test_serve.py).
-Configs that read ../shared/data skip when it is absent. The search configs validate (their paths
+The README's Ray Job (`ray job submit --working-dir . -- python jobs/train.py
+jobs/configs/demo-rnn.yaml`, storage in a moto S3 bucket) runs on the same head, whose dashboard is
+on for Ray's job server: one cluster start for all of them. Configs that read ../shared/data skip when
+it is absent. The search configs validate (their paths
 resolved); demo-tune.yaml also runs a tiny search from another directory.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -35,9 +39,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -71,7 +77,7 @@ STEPS = {"demo-vae": 30}
 # after another in one chain, so the data is prepared once and the image configs' FeatureNet is
 # trained once (cached next to the data; the VAE's val_prior_fcd uses it too)
 CHAINS = [["dcgan-mnist", "wgan-gp-mnist", "vae-mnist"], ["text-gan"], ["rnn-shakespeare"], ["demo-gan", "demo-vae"],
-          ["demo-rnn", "sentence-vae"], ["demo-tune"]]
+          ["demo-rnn", "sentence-vae"], ["demo-tune"], ["job"]]
 RUN_TIMEOUT_S = 600
 
 
@@ -125,19 +131,26 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """`ray start --head --block` in a private TMPDIR and working directory; yields (address, process).
+def ray_head(s3_server):
+    """`ray start --head --block` in a private TMPDIR and working directory; yields (address, process,
+    dashboard URL).
 
     --block: the head's processes are this child's; SIGTERM stops what it started (`ray stop`
     would stop every Ray on the machine, other users' too). 4 logical CPUs: three commands' Train
-    workers (0.5 CPU each) and their Ray Data tasks fit at once.
+    workers (0.5 CPU each) and their Ray Data tasks fit at once. The dashboard (Ray's job server)
+    is on for the README's `ray job submit` (test_train_job_succeeds); the head's environment holds
+    the S3 endpoint and credentials, as a node's IAM role would (the submitting shell has none), and
+    `python` on its PATH is this venv's, as in an activated shell.
     """
     tmp = Path(tempfile.mkdtemp(prefix="crh", dir="/tmp"))
     env = {**os.environ, "TMPDIR": str(tmp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_raylet_start_wait_time_s": "120"}
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_raylet_start_wait_time_s": "120", **s3_server.env,
+           "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
     env.pop("RAY_ADDRESS", None)
+    dash = free_port()
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=4", "--include-dashboard=false", "--port=0",
+        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=4", "--include-dashboard=true", "--port=0",
+         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
          f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
          f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
          "--object-store-memory=500000000", "--disable-usage-stats"],
@@ -149,7 +162,7 @@ def ray_head():
         while not (record.is_file() and record.read_text().strip()):
             assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
             time.sleep(0.5)
-        yield record.read_text().strip(), head
+        yield record.read_text().strip(), head, f"http://127.0.0.1:{dash}"
     finally:
         stop_group(head)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -185,26 +198,61 @@ def config_shows(tmp_path_factory, request):
     pool.shutdown(wait=True)
 
 
-def _run_chain(jobs: list[tuple[Future, list[str], Path, str | None, bool]]) -> None:
+def _run_chain(jobs: list[tuple[Future, Callable[[], subprocess.CompletedProcess]]]) -> None:
     """Run commands one after another, each result into its future."""
-    for future, args, cwd, address, console in jobs:
+    for future, command in jobs:
         try:
-            future.set_result(run(args, cwd, address, console))
+            future.set_result(command())
         except BaseException as e:  # noqa: BLE001 - the test that waits on it re-raises
             future.set_exception(e)
 
 
+def wait_http(url: str, timeout: float) -> None:
+    """Poll `url` until it answers 200 or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+        time.sleep(1.0)
+
+
+# the README's Ray Job, small: demo-rnn.yaml into the S3 bucket
+JOB_SET = ["data.max_items=30000", "model.hidden_size=32", "model.embed_dim=16", "train.steps=10",
+           "train.eval_every=5", "train.log_every=5", "train.checkpoint_every=10", "train.run_name=job-test"]
+
+
+def submit_job(dashboard: str, storage: str) -> subprocess.CompletedProcess:
+    """`ray job submit --address <dashboard> --working-dir . -- python jobs/train.py jobs/configs/demo-rnn.yaml
+    --set train.storage_path=<storage> ...` from the repository root, from a shell holding no credentials."""
+    wait_http(f"{dashboard}/api/version", timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.pop("RAY_ADDRESS", None)
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".", "--", "python", "jobs/train.py",
+         "jobs/configs/demo-rnn.yaml", "--set", f"train.storage_path={storage}",
+         *(a for kv in JOB_SET for a in ("--set", kv))],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+
+
 @pytest.fixture(scope="module")
-def shipped_runs(tmp_path_factory, request, config_shows, ray_head):
-    """Start the selected configs' runs (root, elsewhere) and the tiny search, 3 at a time; futures by key."""
+def shipped_runs(tmp_path_factory, request, config_shows, ray_head, s3_server):
+    """Start the selected configs' runs (root, elsewhere), the tiny search and the Ray Job, 3 at a time; futures by key."""
     t0 = time.perf_counter()
-    address, _ = ray_head
+    address, _, dashboard = ray_head
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     tag = uuid.uuid4().hex[:8]
     futures: dict[str, tuple[Future, Path]] = {}
     made: list[Path] = []
     wanted = selected(request, "test_shipped_config_trains")
-    jobs: dict[str, tuple[Future, list[str], Path, str | None, bool]] = {}
+    jobs: dict[str, tuple[Future, Callable[[], subprocess.CompletedProcess]]] = {}
     for name in TRAIN_CONFIGS:
         if missing_inputs(name):
             continue
@@ -219,7 +267,7 @@ def shipped_runs(tmp_path_factory, request, config_shows, ray_head):
             future: Future = Future()
             futures[f"{name}@{where}"] = (future, run_dir)
             standalone = name in STANDALONE
-            jobs[name] = (future, args, cwd, None if standalone else address, name == "demo-rnn")
+            jobs[name] = (future, functools.partial(run, args, cwd, None if standalone else address, name == "demo-rnn"))
     if any(getattr(i, "originalname", None) == "test_demo_tune_runs_from_elsewhere" for i in request.session.items):
         search_dir = tmp_path_factory.mktemp("search")
         tune_args = [
@@ -228,7 +276,12 @@ def shipped_runs(tmp_path_factory, request, config_shows, ray_head):
         ]
         future = Future()
         futures["demo-tune@elsewhere"] = (future, search_dir / "runs")
-        jobs["demo-tune"] = (future, tune_args, search_dir, address, False)
+        jobs["demo-tune"] = (future, functools.partial(run, tune_args, search_dir, address))
+    if any(getattr(i, "originalname", None) == "test_train_job_succeeds" for i in request.session.items):
+        storage = s3_server.uri("jobs/runs")
+        future = Future()
+        futures["job"] = (future, storage)
+        jobs["job"] = (future, functools.partial(submit_job, dashboard, storage))
     chains = [[jobs.pop(n) for n in chain if n in jobs] for chain in CHAINS]
     chains += [[job] for job in jobs.values()]  # a config CHAINS does not name yet
     pool = ThreadPoolExecutor(max_workers=3)
@@ -374,6 +427,20 @@ def test_demo_tune_runs_from_elsewhere(shipped_runs) -> None:
     _check(proc, "creagen tune demo-tune.yaml")
     assert (runs / "tune" / "demo-tune" / "best.yaml").is_file(), proc.stdout[-2000:]
     assert (runs / "tune" / "demo-tune" / "best_bundle" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_train_job_succeeds(shipped_runs, s3_server) -> None:
+    """The README's command as a user runs it from the repo root: `ray job submit --working-dir . -- python
+    jobs/train.py jobs/configs/demo-rnn.yaml --set train.storage_path=s3://...` (on this module's head, beside
+    the other commands) waits for the job, exits 0, and its log prints the bundle's URI; the bundle and
+    checkpoints are in the bucket."""
+    future, storage = shipped_runs["job"]
+    r = future.result()
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-2000:])
+    assert "succeeded" in r.stdout.lower() and f"bundle: {storage}/job-test/bundle" in r.stdout, r.stdout[-3000:]
+    keys = s3_server.keys("jobs/runs/job-test/")
+    assert "jobs/runs/job-test/bundle/manifest.json" in keys and any("/checkpoint_" in k for k in keys)
 
 
 @pytest.mark.parametrize("name", TUNE_CONFIGS)
