@@ -106,6 +106,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=0, help="train the families here for this many steps each")
     p.add_argument("--gan-steps", type=int, default=1000, help="--train: latent-GAN steps after its VAE's")
     p.add_argument("--char-gan", action="store_true", help="--train: also the char-level text GAN")
+    p.add_argument("--free-bits", type=float, help=f"--train: the sentence VAE's free bits per latent (default {SENTENCE_VAE['free_bits']})")
     p.add_argument("--corpus", choices=sorted(CORPORA), default="python-docs", help="--train: the text")
     p.add_argument("--source", help="--train: the corpus's text file (default for shakespeare: ../shared/data/...)")
     p.add_argument("--n", type=int, default=128, help="samples per generator (and held-out windows)")
@@ -140,6 +141,12 @@ def main() -> None:
         finally:
             ray.shutdown()
     families = {k: b.family for k, b in bundles.items()}
+    if args.train and args.free_bits is not None:  # the VAE row and the latent GAN's VAE alike
+        for model, _ in TRAINED.values():
+            if model["family"] == "vae":
+                model["free_bits"] = args.free_bits
+            if "vae" in model:
+                model["vae"] = {**model["vae"], "free_bits": args.free_bits}
     if args.train:
         families.update(train_here(prepared, data.model_dump(mode="json"), args.train, args.gan_steps, args.char_gan))
     length = int(prepared.spec.seq_len)
@@ -160,7 +167,7 @@ def main() -> None:
     for k, v in rows.items():
         print(f"{k} sample: {v[0]!r}")
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
-                      "train_steps": args.train, "gan_steps": args.gan_steps, "corpus": args.corpus,
+                      "train_steps": args.train, "gan_steps": args.gan_steps, "free_bits": args.free_bits, "corpus": args.corpus,
                       "uptime": os.popen("uptime").read().strip()}))
 
 
