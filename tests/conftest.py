@@ -16,6 +16,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster only
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Train V2's controller takes each worker's report (the worker blocks until it does) and sees a run end
+# at its polls, every 2 s by default: most of a tiny test run's reports wait on it (0.5 s here)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

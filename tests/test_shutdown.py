@@ -41,8 +41,8 @@ class Command:
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         self.tmp = tempfile.mkdtemp(prefix="crq", dir="/tmp")  # short: Ray's socket paths live under it
-        env = {**os.environ, **(env or {}), "TMPDIR": self.tmp, "RAY_AUTH_MODE": "disabled",
-               "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "RAY_raylet_start_wait_time_s": "120",  # a loaded 2-core box: slow node starts
+               **(env or {}), "TMPDIR": self.tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen([CREAGEN, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
@@ -134,7 +134,7 @@ def train_with_killed_worker(tmp_path: Path) -> float:
     train = Command(["train", "jobs/configs/demo-rnn.yaml", "--set=data.max_items=60000", "--set=model.hidden_size=64",
                      "--set=train.steps=40", "--set=train.checkpoint_every=10", "--set=train.eval_every=20",
                      "--set=train.log_every=10", "--set=train.eval_batches=2", f"--set=train.storage_path={tmp_path}",
-                     "--set=train.run_name=killed"], ROOT, env={"RAY_raylet_start_wait_time_s": "120"})
+                     "--set=train.run_name=killed"], ROOT)
     try:
         train.wait_for("step 10/")  # the step-10 report (it carries the first checkpoint)
         snapshot = tmp_path / "killed" / "checkpoint_manager_snapshot.json"  # the controller registered it
@@ -191,7 +191,9 @@ def serve_until_sigint(bundle: Path, tmp_path: Path) -> float:
 def demo_until_sigint(tmp_path: Path) -> float:
     """`creagen demo`: its console up to the first progress line holds none of Ray's noise (train and serve
     run their own Rays beside it); SIGINT then; exit 130 within EXIT_S."""
-    demo = Command(["demo", "--out", str(tmp_path / "demo"), "--families", "rnn", "--steps", "400"], ROOT)
+    # --steps 80: a progress line every 20 steps (with 400, the first came at step 100, the last of the
+    # three cues, 30 s after train's); 60 steps still to go when SIGINT comes
+    demo = Command(["demo", "--out", str(tmp_path / "demo"), "--families", "rnn", "--steps", "80"], ROOT)
     try:
         demo.wait_for(" step ")  # a progress line: training has started
         t0 = time.monotonic()
