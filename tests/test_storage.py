@@ -176,12 +176,12 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     client.put_object(Bucket=s3.bucket, Key="e2e/pngs/bright/137.png", Body=good[:40])  # one truncated file
     runs, bad_runs = s3.uri("e2e/runs"), s3.uri("e2e/bad-runs")
 
-    # two independent threads of commands at once (each mostly waits on its own Ray's start-up), each on
-    # its own private local Ray (TMPDIR apart, so neither joins the other's):
+    # three independent threads of commands at once (each mostly waits on its own Ray's start-up), each on
+    # its own private local Ray (TMPDIR apart, so none joins another's):
     # an image folder in the bucket with one corrupt file: named, exit 2, nothing written under its
     # storage path; then with data.skip_bad_files: Parquet shards in the bucket, the manifest counts and
-    # names it; then the tune command (its own empty working directory) ...
-    tmps = [tempfile.mkdtemp(prefix="crs", dir="/tmp") for _ in range(3)]  # short: Ray's socket paths
+    # names it; beside them the tune command (its own empty working directory) ...
+    tmps = [tempfile.mkdtemp(prefix="crs", dir="/tmp") for _ in range(4)]  # short: Ray's socket paths
     tune_cwd = tmp_path / "tune-cwd"
     tune_cwd.mkdir()
     tune_runs = s3.uri("tune-e2e/runs")
@@ -191,22 +191,24 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
                 "--set", "data.kind=png", "--set", "data.image_size=12", "--set", "data.channels=1",
                 "--set", f"train.storage_path={storage_path}", *more]
 
-    def prepare_bad_skip_then_tune() -> tuple[subprocess.CompletedProcess, list[str], subprocess.CompletedProcess,
-                                              subprocess.CompletedProcess]:
+    def prepare_bad_then_skip() -> tuple[subprocess.CompletedProcess, list[str], subprocess.CompletedProcess]:
         e = {**env, "TMPDIR": tmps[0]}
         bad = creagen(prepare(bad_runs), e, cwd)
         written = s3.keys("e2e/bad-runs/data/")  # shards, temp folder (.pngs-*.tmp-*)
         skip = creagen(prepare(runs, "--set", "data.skip_bad_files=true"), e, cwd)
-        tune = creagen(
-            ["tune", str(ROOT / "jobs/configs/demo-tune.yaml"), "--set", f"train.storage_path={tune_runs}",
-             "--set", "tune.num_samples=1", "--set", "train.steps=10", "--set", "train.eval_every=5",
-             "--set", "train.checkpoint_every=5", "--set", "data.max_items=20000"],
-            {**e, "CREAGEN_CACHE_DIR": str(tmp_path / "tune-cache")}, tune_cwd, timeout=900,
-        )
-        return bad, written, skip, tune
+        return bad, written, skip
 
-    pool = ThreadPoolExecutor(max_workers=3)
-    side = pool.submit(prepare_bad_skip_then_tune)
+    # three threads, not more: with a fourth Ray beside them (the two prepares apart) every command
+    # took longer on 2 cores and the whole test 183 s instead of 160 s (load 20)
+    pool = ThreadPoolExecutor(max_workers=4)
+    side = pool.submit(prepare_bad_then_skip)
+    tune_run = pool.submit(
+        creagen,
+        ["tune", str(ROOT / "jobs/configs/demo-tune.yaml"), "--set", f"train.storage_path={tune_runs}",
+         "--set", "tune.num_samples=1", "--set", "train.steps=10", "--set", "train.eval_every=10",
+         "--set", "train.checkpoint_every=10", "--set", "data.max_items=20000"],
+        {**env, "TMPDIR": tmps[3], "CREAGEN_CACHE_DIR": str(tmp_path / "tune-cache")}, tune_cwd, 900,
+    )
     # ... and text from the bucket, trained with 2 DDP workers, everything written to the bucket
     train_run = pool.submit(
         creagen,
@@ -258,7 +260,7 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
         r = by_uri.result()
         assert r.returncode == 0 and r.stdout.startswith("the "), r.stderr
 
-        bad, written, r, tune = side.result()
+        bad, written, r = side.result()
         assert bad.returncode == 2 and "bright/137.png" in bad.stderr and "data.skip_bad_files" in bad.stderr, (
             f"rc={bad.returncode}", bad.stderr[-3000:], bad.stdout[-1000:])
         assert written == []
@@ -283,6 +285,7 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     assert list(cwd.iterdir()) == []  # no ./runs, no data folder, nothing else on local disk
 
     # the tune command: everything in the bucket, nothing in its working directory
+    tune = tune_run.result()
     assert tune.returncode == 0, tune.stderr[-3000:]
     exp = "tune-e2e/runs/tune/demo-tune/"
     keys = s3.keys(exp)
