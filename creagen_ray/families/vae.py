@@ -30,6 +30,7 @@ constant).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Iterator, Literal
 
 import torch
@@ -39,7 +40,7 @@ from torch import nn
 from creagen_ray import losses, metrics
 from creagen_ray.config import FamilyConfig, ImageRequest, InterpolateRequest, TextRequest
 from creagen_ray.families.base import Batch, Family, latent_walk, prior_latents, seeded_generator
-from creagen_ray.families.conv import ConvDecoder, ConvEncoder, images_to_unit
+from creagen_ray.families.conv import ConvDecoder, ConvEncoder, Norm, images_to_unit
 from creagen_ray.sampling import sample_next
 
 
@@ -50,6 +51,17 @@ class VAEConfig(FamilyConfig):
     arch: Literal["conv", "sentence"] = "conv"
     latent_dim: int = Field(16, ge=1, le=4096)
     base_channels: int = Field(32, ge=4, description="conv arch: channels of the first conv layer")
+    hidden_dim: int = Field(
+        0, ge=0, description="conv arch: a fully connected hidden layer of this width between the convs and "
+        "the latent, on both sides (as bench/reference/vae.py and pytorch/examples); 0 = none"
+    )
+    norm: Literal["batch", "none"] = Field("batch", description="conv arch: batch norm in the conv stacks, or none")
+    prior: Literal["normal", "mog"] = Field(
+        "normal",
+        description="conv arch: p(z) = N(0, I), or a mixture of prior_components diagonal Gaussians learned with "
+        "the rest of the ELBO (its KL term is then the one-sample estimate log q(z|x) - log p(z))",
+    )
+    prior_components: int = Field(10, ge=1, description="conv arch, prior mog: number of mixture components")
     beta: float = Field(1.0, ge=0.0, description="weight of the KL term (beta-VAE)")
     kl_anneal_steps: int = Field(0, ge=0, description="KL weight rises linearly 0 -> beta over these steps")
     embed_dim: int = Field(64, ge=1, description="sentence arch")
@@ -63,6 +75,7 @@ class VAEConfig(FamilyConfig):
     )
 
 
+LOG_2PI = math.log(2 * math.pi)
 PRIOR_EVAL_SEED_OFFSET = 7919  # evaluate() decodes prior latents from cfg.train.seed + this: the same z every time
 
 
@@ -79,13 +92,65 @@ def kl_anneal_weight(step: int, beta: float, anneal_steps: int) -> float:
     return float(beta) * min(1.0, step / anneal_steps)
 
 
-class ConvVAE(nn.Module):
-    """Images [B, C, S, S] <-> latents [B, L] with the conv stacks the GAN also uses."""
+def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dim: z, mu, logvar broadcast to [..., L] -> [...]."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(dim=-1)
 
-    def __init__(self, channels: int, image_size: int, latent_dim: int, base: int) -> None:
+
+class MixturePrior(nn.Module):
+    """p(z) = sum_k pi_k N(z; m_k, diag(exp(v_k))): K learned diagonal Gaussians in L dimensions."""
+
+    def __init__(self, components: int, latent_dim: int) -> None:
         super().__init__()
-        self.encoder = ConvEncoder(channels, image_size, base, out_dim=2 * latent_dim)
-        self.decoder = ConvDecoder(latent_dim, channels, image_size, base)
+        self.means = nn.Parameter(torch.randn(components, latent_dim))  # [K, L]
+        self.logvars = nn.Parameter(torch.zeros(components, latent_dim))  # [K, L]
+        self.logits = nn.Parameter(torch.zeros(components))  # [K]: mixture weights pi = softmax(logits)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) [B] for latents z [B, L]."""
+        log_pz_k = gaussian_log_prob(z.float().unsqueeze(1), self.means, self.logvars)  # [B, K]
+        return torch.logsumexp(torch.log_softmax(self.logits, dim=0) + log_pz_k, dim=1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n draws [n, L] on the CPU: a component k ~ pi, then z ~ N(m_k, exp(v_k))."""
+        means, logvars = self.means.detach().float().cpu(), self.logvars.detach().float().cpu()
+        k = torch.multinomial(torch.softmax(self.logits.detach().float().cpu(), 0), n, True, generator=generator)
+        return means[k] + torch.exp(0.5 * logvars[k]) * torch.randn(n, means.shape[1], generator=generator)
+
+
+class ConvVAE(nn.Module):
+    """Images [B, C, S, S] <-> latents [B, L] with the conv stacks the GAN also uses.
+
+    hidden > 0 puts a fully connected layer of that width between the convs and the latent on both
+    sides: encoder convs -> hidden -> (mu, logvar), decoder z -> hidden -> convs.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        latent_dim: int,
+        base: int,
+        hidden: int = 0,
+        norm: Norm = "batch",
+        prior_components: int = 0,
+    ) -> None:
+        super().__init__()
+        # p(z): N(0, I) when prior_components is 0, else a learned Gaussian mixture
+        self.prior = MixturePrior(prior_components, latent_dim) if prior_components else None
+        if hidden:
+            self.encoder = nn.Sequential(
+                ConvEncoder(channels, image_size, base, out_dim=hidden, norm=norm),
+                nn.ReLU(),
+                nn.Linear(hidden, 2 * latent_dim),
+            )
+            self.decoder = nn.Sequential(
+                nn.Linear(latent_dim, hidden), nn.ReLU(), ConvDecoder(hidden, channels, image_size, base, norm=norm)
+            )
+        else:  # the state-dict layout of bundles trained before hidden_dim existed
+            self.encoder = ConvEncoder(channels, image_size, base, out_dim=2 * latent_dim, norm=norm)
+            self.decoder = ConvDecoder(latent_dim, channels, image_size, base, norm=norm)
         self.latent_dim = latent_dim
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,12 +162,19 @@ class ConvVAE(nn.Module):
         """Latents [B, L] -> pixel logits [B, C, S, S]."""
         return self.decoder(z)
 
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per item [B]: exact for N(0, I), else log q(z|x) - log p(z) at the drawn z [B, L]."""
+        if self.prior is None:
+            return losses.kl_normal(mu, logvar)
+        return gaussian_log_prob(z.float(), mu.float(), logvar.float()) - self.prior.log_prob(z)
+
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images [B, C, S, S] -> (logits [B, C, S, S], mu [B, L], logvar [B, L]) through one z draw."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images [B, C, S, S] -> (logits [B, C, S, S], mu [B, L], logvar [B, L], KL [B]) through one z draw."""
         mu, logvar = self.encode(x)
-        return self.decode(reparameterize(mu, logvar, generator)), mu, logvar
+        z = reparameterize(mu, logvar, generator)
+        return self.decode(z), mu, logvar, self.kl(mu, logvar, z)
 
 
 class SentenceVAE(nn.Module):
@@ -185,7 +257,12 @@ class VAEFamily(Family):
             self.recon_name = self.cfg.loss.name or "bce"
             if self.recon_name not in losses.RECONSTRUCTION_LOSSES:
                 raise ValueError(f"loss.name={self.recon_name!r}; the conv VAE takes {list(losses.RECONSTRUCTION_LOSSES)}")
-            self.modules["vae"] = ConvVAE(self.spec.channels, self.spec.image_size, m.latent_dim, m.base_channels)
+            if m.prior == "mog" and m.free_bits > 0:
+                raise ValueError("free_bits works on the closed-form KL of the N(0, I) prior; set prior: normal")
+            components = m.prior_components if m.prior == "mog" else 0
+            self.modules["vae"] = ConvVAE(
+                self.spec.channels, self.spec.image_size, m.latent_dim, m.base_channels, m.hidden_dim, m.norm, components
+            )
         else:
             if self.spec.modality != "text" or not self.spec.vocab_size:
                 raise ValueError(f"the sentence VAE needs text data with a vocab_size, got spec {self.spec}")
@@ -215,7 +292,7 @@ class VAEFamily(Family):
         if self.arch == "conv":
             x = images_to_unit(batch["image"].to(self.device))  # [B, C, S, S] in [0, 1]
             with self.autocast():
-                logits, mu, logvar = module(x, generator)
+                logits, mu, logvar, kl = module(x, generator)
             x_hat = logits if self.recon_name == "bce" else torch.sigmoid(logits.float())
             recon = losses.reconstruction_loss(self.recon_name, x_hat, x, reduction="none")  # [B]
         else:
@@ -223,9 +300,10 @@ class VAEFamily(Family):
             with self.autocast():
                 logits, mu, logvar = module(tokens, self.cfg.model.word_dropout, generator)
             recon = losses.cross_entropy(logits, tokens, reduction="none").sum(dim=1)  # [B]
+            kl = losses.kl_normal(mu, logvar)
         if with_posterior:
-            return recon, losses.kl_normal(mu, logvar), mu, logvar
-        return recon, losses.kl_normal(mu, logvar), logits
+            return recon, kl.float(), mu, logvar
+        return recon, kl.float(), logits
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One step on recon + kl_weight * KL (per item, batch mean); metrics in nats per item."""
@@ -312,7 +390,10 @@ class VAEFamily(Family):
         return self._reconstruct_unit(x)
 
     def latents(self, n: int, seed: int | None = None) -> torch.Tensor:
-        """n prior latents [n, L]; the same seed gives the same latents (drawn on the CPU)."""
+        """n latents [n, L] from the model's prior p(z); the same seed gives the same latents (drawn on the CPU)."""
+        prior = getattr(self.raw("vae"), "prior", None)
+        if prior is not None:
+            return prior.sample(n, seeded_generator(seed)).to(self.device)
         return prior_latents(n, self.cfg.model.latent_dim, seed, self.device)
 
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
