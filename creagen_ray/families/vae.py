@@ -6,8 +6,13 @@ Both maximise the ELBO  E_q[log p(x|z)] - KL(q(z|x) || N(0, I))  with the repara
     loss = recon + w * KL,   w = beta * min(1, step / kl_anneal_steps)   (w = beta when anneal = 0)
 
 arch "conv" (images [B, C, S, S], S in 28/32/64/...): ConvEncoder -> (mu, logvar) -> z -> ConvDecoder
-  -> logits. Reconstruction `loss.name` "bce" (Bernoulli on [0, 1] intensities, nats per image) or
-  "mse" (sigmoid(logits) vs x, summed over pixels).
+  -> logits (`model.hidden_dim` > 0 adds a fully connected layer on each side of z). Reconstruction
+  `loss.name` "bce" (Bernoulli on [0, 1] intensities, nats per image) or "mse" (sigmoid(logits) vs x,
+  summed over pixels). `model.prior` "normal" is p(z) = N(0, I) with the closed-form KL; "mog" is a
+  mixture of `prior_components` diagonal Gaussians whose means, variances and weights are learned
+  with the rest of the ELBO (a learned prior as in Tomczak & Welling 2018), KL estimated with the same
+  z draw as the reconstruction: log q(z|x) - log p(z). Samples and interpolations decode draws from
+  that prior.
 arch "sentence" (Bowman et al. 2016, "Generating Sentences from a Continuous Space"): each training
   window tokens [B, T+1] is one "sentence" (all T+1 tokens are encoded and all T+1 are predicted).
   A GRU reads it into (mu, logvar); a GRU decoder starts from h0 = tanh(W z), gets z concatenated to
