@@ -1,4 +1,8 @@
-"""Tiny real bundles for the serving tests: families built and trained a few dozen steps in-process."""
+"""Tiny real bundles for the serving tests: families built and trained a few dozen steps in-process.
+
+Each is built on one torch thread: measured on the shared 2-core machine (load 9-14), test_serve's four
+bundles took 0.5-0.8 s wall on 1 thread and 14.7-30.1 s on the default 2 (threads spinning against
+other processes)."""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from creagen_ray.bundle import write_bundle
 from creagen_ray.config import DataConfig, DataSpec, ExperimentConfig, TrainConfig
 from creagen_ray.families import build_family
 from creagen_ray.tokenizer import CharTokenizer
+from creagen_ray.training.checkpoint import one_torch_thread
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 IMAGE_SIZE = 16
 
 
+@one_torch_thread()
 def text_bundle(out: Path, steps: int = 30, seq_len: int = 32, extra_files: dict[str, bytes] | None = None) -> Path:
     """A small char GRU trained `steps` steps on a pangram; vocab = the pangram's characters."""
     tok = CharTokenizer.fit(TEXT)
@@ -45,6 +51,7 @@ def shapes(n: int, seed: int = 0) -> torch.Tensor:
     return x
 
 
+@one_torch_thread()
 def image_bundle(out: Path, family_name: str, steps: int = 20) -> Path:
     """A small conv VAE or DCGAN on 16x16 rectangles, trained `steps` steps."""
     model = {"family": family_name, "latent_dim": 8}
@@ -62,6 +69,7 @@ def image_bundle(out: Path, family_name: str, steps: int = 20) -> Path:
     return write_bundle(family, out, metrics={"loss": 0.5, "steps": steps})
 
 
+@one_torch_thread()
 def textgan_bundle(out: Path, steps: int = 20, seq_len: int = 32) -> Path:
     """A small latent text GAN (text-gan.yaml's approach: sentence VAE steps, then WGAN-GP steps on its
     codes) trained `steps` steps on the pangram; vocab = the pangram's characters."""
