@@ -252,6 +252,8 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
             assert time.monotonic() < deadline, "creagen serve did not come up"
             time.sleep(0.5)
         models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
+        # creagen serve started its own Ray on its default data plane: the replica runs with its flags
+        assert httpx.get(f"{url}/v1/stats", timeout=30).json()["dataplane"] == "throughput"
         assert [m["id"] for m in models] == ["s3run"]
         r = creagen(["generate", "--url", url, "--model", "s3run", "--prompt", "the ", "--max-new-tokens", "20",
                      "--n", "1", "--seed", "1"], env, cwd, timeout=120)
