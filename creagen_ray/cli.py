@@ -26,7 +26,6 @@ from typing import Callable
 
 from creagen_ray.config import ConfigError, ImageRequest, TextRequest, config_schema, dump_config, load_config, read_config, validate_config
 from creagen_ray.serving.settings import MemorizationSettings
-from creagen_ray.serving.dataplane import DEFAULT as DEFAULT_DATAPLANE
 from creagen_ray.serving.dataplane import FLAGS as DATAPLANE_FLAGS
 
 
@@ -328,9 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=field_help(MemorizationSettings, "mode", "copy check of text responses"))
     p.add_argument("--request-log", default=None, metavar="FILE",
                    help="opt-in: append every request and output, UNREDACTED, as JSON lines to FILE (off by default)")
-    p.add_argument("--dataplane", choices=list(DATAPLANE_FLAGS), default=DEFAULT_DATAPLANE,
-                   help="Ray Serve data plane when creagen serve starts Ray itself (creagen_ray/serving/dataplane.py; "
-                   "haproxy binds every interface); a running cluster keeps the flags its nodes started with")
+    p.add_argument("--dataplane", choices=list(DATAPLANE_FLAGS), default=None,
+                   help="Ray Serve data plane when creagen serve starts Ray itself (creagen_ray/serving/dataplane.py); "
+                   "default: throughput on a loopback --host, haproxy (binds every interface) otherwise; "
+                   "a running cluster keeps the flags its nodes started with")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sign", help="sign bundles' manifests with an HMAC key (for serve's require_signature)")

@@ -72,15 +72,18 @@ def test_cli_string_args_and_builder(store: Path) -> None:
 
 
 def test_dataplane_names_their_flags(capsys: pytest.CaptureFixture) -> None:
-    """Each data plane's flags are what a replica reports back; `creagen serve --dataplane` takes only those names."""
+    """Each data plane's flags are what a replica reports back; the default follows the host;
+    `creagen serve --dataplane` takes only those names."""
     from creagen_ray.cli import build_parser
-    from creagen_ray.serving.dataplane import DEFAULT, FLAGS, current_dataplane, dataplane_env
+    from creagen_ray.serving.dataplane import FLAGS, current_dataplane, dataplane_env, default_dataplane
 
     assert {name: current_dataplane(dataplane_env(name)) for name in FLAGS} == {name: name for name in FLAGS}
     assert current_dataplane({"RAY_SERVE_ENABLE_HA_PROXY": "1"}) == "python"  # HAProxy alone is not a creagen data plane
     assert current_dataplane({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}) == "python"
+    assert [default_dataplane(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "10.0.0.5")] == [
+        "throughput", "throughput", "throughput", "haproxy", "haproxy"]
     parser = build_parser()
-    assert parser.parse_args(["serve", "b"]).dataplane == DEFAULT == "throughput"
+    assert parser.parse_args(["serve", "b"]).dataplane is None  # by --host
     assert parser.parse_args(["serve", "b", "--dataplane", "haproxy"]).dataplane == "haproxy"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "b", "--dataplane", "grpc"])

@@ -13,7 +13,10 @@ Ray; on a cluster they go in the node environment (deploy/k8s/*.yaml, cluster.ya
                  binds the replicas' HTTP ports, HAProxy's stats (8404) and metrics (9101) ports on
                  every interface, so it is never loopback-only
 
-Measured side by side by `bench/serve_load.py` (docs/benchmarks.md#serving-ray-serve).
+Measured side by side by `bench/serve_load.py` (docs/benchmarks.md#serving-ray-serve): haproxy
+wins every column on the colocated app; throughput alone is level with python. So the default is
+haproxy where the service is meant to be reachable (a non-loopback host, clusters), and throughput
+where `creagen serve` keeps it on loopback.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ FLAGS: dict[str, dict[str, str]] = {
     "throughput": THROUGHPUT,
     "haproxy": {**THROUGHPUT, **HAPROXY},
 }
-DEFAULT: Dataplane = "throughput"
+LOOPBACK_DEFAULT: Dataplane = "throughput"  # stays on the host creagen serve binds
+CLUSTER_DEFAULT: Dataplane = "haproxy"  # the measured winner; binds every interface
+
+
+def default_dataplane(host: str) -> Dataplane:
+    """haproxy when serving on a reachable address, throughput when `host` is loopback."""
+    loopback = host == "localhost" or host == "::1" or host.startswith("127.")
+    return LOOPBACK_DEFAULT if loopback else CLUSTER_DEFAULT
 
 
 def dataplane_env(name: Dataplane) -> dict[str, str]:

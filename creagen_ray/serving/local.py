@@ -13,21 +13,21 @@ from creagen_ray.cluster import connect_ray
 
 from creagen_ray.serving.api import REQUEST_LOG_NOTICE
 from creagen_ray.serving.app import build_app
-from creagen_ray.serving.dataplane import DEFAULT, Dataplane, dataplane_env
+from creagen_ray.serving.dataplane import Dataplane, dataplane_env, default_dataplane
 from creagen_ray.serving.settings import ServeConfig
 
 APP_NAME = "creagen"
 
 
 def start_serve(
-    config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, dataplane: Dataplane = DEFAULT
+    config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, dataplane: Dataplane | None = None
 ) -> tuple[str, bool]:
     """Start Ray (if needed) and Serve, deploy the app for `config`; (base URL, True if Ray is our own).
 
-    `dataplane` (creagen_ray/serving/dataplane.py) applies when Ray is started here; a running
-    cluster serves with the flags its nodes were started with.
+    `dataplane` (creagen_ray/serving/dataplane.py; None: by `host`) applies when Ray is started
+    here; a running cluster serves with the flags its nodes were started with.
     """
-    private = connect_ray(private_env=dataplane_env(dataplane))
+    private = connect_ray(private_env=dataplane_env(dataplane or default_dataplane(host)))
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}", private
@@ -42,7 +42,7 @@ def serve_forever(
     max_concurrent_per_client: int | None = None,
     memorization: str = "off",
     request_log: str | None = None,
-    dataplane: Dataplane = DEFAULT,
+    dataplane: Dataplane | None = None,
 ) -> int:
     """Serve `bundles` until Ctrl-C, then shut Serve down; the CLI's exit code."""
     config = ServeConfig(

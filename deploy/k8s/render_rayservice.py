@@ -5,7 +5,7 @@
 The RayService's `serveConfigV2` is serve/config.yaml with the Kubernetes differences applied:
 HTTP on 0.0.0.0 (the pod network; the Service in front decides exposure) and bundles read from
 the shared runs volume that rayjob.yaml trains into. Its cluster is raycluster.yaml's spec, with
-the default Serve data plane's flags (creagen_ray/serving/dataplane.py) in every Ray container's
+the cluster default Serve data plane's flags (haproxy) (creagen_ray/serving/dataplane.py) in every Ray container's
 environment: Ray reads them when a node starts, so the application's runtime_env is too late.
 tests/test_k8s.py checks the committed file is this rendering and validates it against KubeRay's CRD.
 """
@@ -21,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from creagen_ray.serving.dataplane import DEFAULT, dataplane_env  # noqa: E402
+from creagen_ray.serving.dataplane import CLUSTER_DEFAULT, dataplane_env  # noqa: E402
 BUNDLES = "/home/ray/runs/bundles"
 HEADER = """\
 # Serving on Kubernetes (KubeRay operator >= 1.3), GENERATED from serve/config.yaml by
@@ -45,7 +45,7 @@ def render() -> dict:
     for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
         for container in group["template"]["spec"]["containers"]:
             env = container.setdefault("env", [])
-            env += [{"name": k, "value": v} for k, v in dataplane_env(DEFAULT).items() if k not in {e["name"] for e in env}]
+            env += [{"name": k, "value": v} for k, v in dataplane_env(CLUSTER_DEFAULT).items() if k not in {e["name"] for e in env}]
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
