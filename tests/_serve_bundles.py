@@ -7,6 +7,7 @@ other processes)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,12 +33,17 @@ def text_bundle(out: Path, steps: int = 30, seq_len: int = 32, extra_files: dict
     )
     spec = DataSpec(modality="text", vocab_size=tok.vocab_size, seq_len=seq_len)
     family = build_family(cfg, spec, total_steps=steps, tokenizer=tok)
+    train_on_pangram(family, tok, steps, seq_len)
+    return write_bundle(family, out, metrics={"loss": 1.0, "steps": steps}, extra_files=extra_files)
+
+
+def train_on_pangram(family: Any, tok: CharTokenizer, steps: int, seq_len: int) -> None:
+    """`steps` seeded train steps of `family` on random windows (16 per batch) of the pangram."""
     ids = torch.tensor(tok.encode(TEXT))
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - seq_len - 1, (16,), generator=g)
         family.train_step({"tokens": torch.stack([ids[s : s + seq_len + 1] for s in starts])})
-    return write_bundle(family, out, metrics={"loss": 1.0, "steps": steps}, extra_files=extra_files)
 
 
 def shapes(n: int, seed: int = 0) -> torch.Tensor:
@@ -84,9 +90,5 @@ def textgan_bundle(out: Path, steps: int = 20, seq_len: int = 32) -> Path:
     spec = DataSpec(modality="text", vocab_size=tok.vocab_size, seq_len=seq_len)
     torch.manual_seed(0)
     family = build_family(cfg, spec, total_steps=steps, tokenizer=tok)
-    ids = torch.tensor(tok.encode(TEXT))
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - seq_len - 1, (16,), generator=g)
-        family.train_step({"tokens": torch.stack([ids[s : s + seq_len + 1] for s in starts])})
+    train_on_pangram(family, tok, steps, seq_len)
     return write_bundle(family, out, metrics={"loss": 1.0, "steps": steps})
