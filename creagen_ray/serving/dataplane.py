@@ -22,6 +22,7 @@ where `creagen serve` keeps it on loopback.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Literal
 
 Dataplane = Literal["python", "throughput", "haproxy"]
@@ -48,7 +49,7 @@ def dataplane_env(name: Dataplane) -> dict[str, str]:
     return dict(FLAGS[name])
 
 
-def current_dataplane(environ: os._Environ | dict[str, str] = os.environ) -> str:
+def current_dataplane(environ: Mapping[str, str] = os.environ) -> str:
     """The data plane this process's environment selects (what a replica reports in /v1/stats)."""
     on = {k for k, v in environ.items() if v == "1"}
     for name in ("haproxy", "throughput"):
