@@ -6,6 +6,8 @@ Small pure functions over logits [N, V], shared by every text model (the RNN, th
 
 Filters return new logits with the excluded tokens set to -inf, so they compose in any order;
 `sample_next` applies temperature, then top-k, then top-p, then draws (temperature 0 = greedy).
+A batch of requests draws its uniforms ahead, each request from its own seeded generator, so the
+rows of one settings group are sampled in one call and no sample depends on its batch-mates.
 """
 
 from __future__ import annotations
@@ -63,9 +65,21 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw one token id per row from logits [N, V] -> [N] (int64); temperature 0 is greedy argmax."""
+    """Draw one token id per row from logits [N, V] -> [N] (int64); temperature 0 is greedy argmax.
+
+    The draw is the inverse CDF of the filtered distribution at one uniform number per row: `u` [N]
+    in [0, 1) when the caller drew them ahead (a batch of requests, each from its own generator),
+    else drawn here from `generator`.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)  # [N, V]
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [N]
+    if u is None:
+        u = torch.rand(probs.size(0), generator=generator, device=probs.device)  # [N]
+    cdf = probs.cumsum(dim=-1)  # [N, V]
+    # the first token whose cumulative mass exceeds u (scaled by the row's total, which float
+    # rounding leaves a hair off 1): a token of probability 0 is never the first to exceed it
+    ids = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1])[:, None], right=True).squeeze(-1)  # [N]
+    return ids.clamp_(max=probs.size(-1) - 1)

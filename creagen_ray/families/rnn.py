@@ -273,15 +273,20 @@ class RNNFamily(Family):
             logits, state = model(x, lengths=lengths)  # [N, L, V]
         rows = torch.arange(N, device=self.device)
         last = logits[rows, lengths.to(self.device) - 1].float()  # [N, V]: each row's next-token logits
-        spans, start = [], 0
+        T = max(r.max_new_tokens for r in requests)
+        # every request's uniforms for all its steps, from its own seeded generator: [T, N]
+        u = torch.cat([torch.rand(T, r.n, generator=seeded_generator(r.seed, self.device), device=self.device)
+                       for r in requests], dim=1)
+        groups: dict[tuple, list[int]] = {}  # rows that share sampling settings draw in one call
+        row = 0
         for r in requests:
-            spans.append(slice(start, start + r.n))
-            start += r.n
-        gens = [seeded_generator(r.seed, self.device) for r in requests]
-        for _ in range(max(r.max_new_tokens for r in requests)):
+            groups.setdefault((r.temperature, r.top_k, r.top_p), []).extend(range(row, row + r.n))
+            row += r.n
+        rows_of = {k: (slice(None) if len(v) == N else torch.tensor(v, device=self.device)) for k, v in groups.items()}
+        for t in range(T):
             nxt = torch.empty(N, dtype=torch.long, device=self.device)  # [N]
-            for r, s, g in zip(requests, spans, gens):
-                nxt[s] = sample_next(last[s], r.temperature, r.top_k, r.top_p, generator=g)
+            for (temperature, top_k, top_p), rows in rows_of.items():
+                nxt[rows] = sample_next(last[rows], temperature, top_k, top_p, u=u[t, rows])
             yield nxt
             with self.autocast():
                 logits, state = model(nxt[:, None], state)  # one step: [N, 1, V]
