@@ -56,3 +56,19 @@ def test_cluster_yaml_storage_through_the_node_role() -> None:
     assert "s3://" in text and "docs/storage.md" in text
     for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", "GOOGLE_APPLICATION_CREDENTIALS"):
         assert secret not in text
+
+
+def test_cluster_yaml_starts_every_node_on_the_cluster_data_plane() -> None:
+    """Serve's data-plane flags are read when a node starts: every `ray start` line sets exactly the flags
+    creagen_ray/serving/dataplane.py names for clusters (one source of truth, quoted for the shell)."""
+    import shlex
+
+    from creagen_ray.serving.dataplane import CLUSTER_DEFAULT, dataplane_env
+
+    cfg = load()
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2
+    for line in starts:
+        words = shlex.split(line.split(";")[-1])  # after `ulimit ...;`: VAR=value ... ray start ...
+        env = dict(w.split("=", 1) for w in words[: next(i for i, w in enumerate(words) if "=" not in w)])
+        assert {k: env.get(k) for k in dataplane_env(CLUSTER_DEFAULT)} == dataplane_env(CLUSTER_DEFAULT), line

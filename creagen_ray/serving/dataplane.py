@@ -11,7 +11,11 @@ Ray; on a cluster they go in the node environment (deploy/k8s/*.yaml, cluster.ya
                  thread), frozen GC; the HTTP side stays on the host `creagen serve` binds
     haproxy      throughput + RAY_SERVE_ENABLE_HA_PROXY: HAProxy replaces the Python proxy. Ray then
                  binds the replicas' HTTP ports, HAProxy's stats (8404) and metrics (9101) ports on
-                 every interface, so it is never loopback-only
+                 every interface, so it is never loopback-only. HAProxy also replays a request whose
+                 replica closed the connection without answering (`retry-on empty-response`, on top
+                 of Ray's `conn-failure`): a killed replica's in-flight requests go to another one.
+                 Ray leaves that off because a replayed POST may run twice; every creagen route
+                 only generates (no state changes), so a replay is safe
 
 Measured side by side by `bench/serve_load.py` (docs/benchmarks.md#serving-ray-serve): haproxy
 wins every column on the colocated app; throughput alone is level with python. So the default is
@@ -28,7 +32,7 @@ from typing import Literal
 Dataplane = Literal["python", "throughput", "haproxy"]
 
 THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
 FLAGS: dict[str, dict[str, str]] = {
     "python": {},
     "throughput": THROUGHPUT,
@@ -51,8 +55,7 @@ def dataplane_env(name: Dataplane) -> dict[str, str]:
 
 def current_dataplane(environ: Mapping[str, str] = os.environ) -> str:
     """The data plane this process's environment selects (what a replica reports in /v1/stats)."""
-    on = {k for k, v in environ.items() if v == "1"}
     for name in ("haproxy", "throughput"):
-        if set(FLAGS[name]) <= on:
+        if all(environ.get(k) == v for k, v in FLAGS[name].items()):
             return name
     return "python"
