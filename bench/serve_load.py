@@ -12,8 +12,9 @@ starts; creagen_ray/serving/dataplane.py names them):
 For text (GRU 2x512, 32 new tokens) and image (DCGAN 64 ch, 64x64 RGB, n=1) at each client count:
 p50 / p99 latency, throughput and mean batch size (requests per model call, from /v1/stats); then
 streamed-text time to first token (p50 of sequential streams), and for the colocated variants a
-replica-kill check: 2 replicas under 8-client load, one killed with ray.kill; failed requests and
-the time until 2 replicas run again. Models are untrained (latency does not depend on training).
+replica-kill check: 2 replicas under 8-client load, one killed with ray.kill; failed requests (split
+into those in flight at the kill and those sent after it) and the time until 2 replicas run again.
+Models are untrained (latency does not depend on training).
 Every variant gets 1 replica per deployment and 1 torch thread, like the plain server.
 """
 
@@ -92,6 +93,7 @@ async def load(url: str, path: str, body: dict, clients: int, seconds: float) ->
     lat: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}  # why requests failed: HTTP status or exception name
+    failed_at: list[float] = []  # when each failed request was sent (perf_counter)
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
         await c.post(path, json=body)  # warm: model loaded, connection open
@@ -111,12 +113,13 @@ async def load(url: str, path: str, body: dict, clients: int, seconds: float) ->
                 else:
                     errors += 1
                     kinds[why] = kinds.get(why, 0) + 1
+                    failed_at.append(t)
 
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - start
     return {"p50": 1000 * pct(lat, 0.5), "p99": 1000 * pct(lat, 0.99), "rps": len(lat) / elapsed, "n": len(lat), "err": errors,
-            "err_kinds": kinds}
+            "err_kinds": kinds, "failed_at": failed_at}
 
 
 async def ttft(url: str, requests: int) -> float:
@@ -200,10 +203,13 @@ def kill_check(url: str, seconds: float) -> dict:
             if victim_name not in names and len(names) >= 2 and running_replicas("ingress") >= 2:
                 back = time.perf_counter() - t0
         r = await task
-        return {"failed": r["err"], "ok": r["n"], "replaced_s": back, "why": r["err_kinds"]}
+        in_flight = sum(1 for t in r["failed_at"] if t < t0)  # sent before the kill: on the victim or queued
+        return {"failed": r["err"], "in_flight": in_flight, "after": r["err"] - in_flight, "ok": r["n"],
+                "replaced_s": back, "why": r["err_kinds"]}
 
     out = asyncio.run(main())
-    print(f"  replica kill under load: {out['failed']} failed {out['why']} of {out['failed'] + out['ok']}, "
+    print(f"  replica kill under load: {out['failed']} failed {out['why']} of {out['failed'] + out['ok']} "
+          f"({out['in_flight']} in flight at the kill, {out['after']} sent after it), "
           f"2 replicas again after {secs(out['replaced_s'])}", flush=True)
     return out
 
@@ -274,7 +280,8 @@ def fmt_table(results: dict, clients: list[int]) -> str:
             cells.append(f"{top['rps']:.1f}{ratio} ({top['batch']:.1f})")
         cells.append(f"{r['ttft_ms']:.1f}")
         k = r.get("kill")
-        cells.append(f"{k['failed']} failed of {k['failed'] + k['ok']}, replaced in {secs(k['replaced_s'])}" if k else "-")
+        cells.append(f"{k['failed']} failed ({k['in_flight']} in flight, {k['after']} after) of {k['failed'] + k['ok']}, "
+                     f"replaced in {secs(k['replaced_s'])}" if k else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
