@@ -664,15 +664,23 @@ def _decode(raw: bytes, offset: int, name: str) -> str:
         ) from None
 
 
+def _code_points(raw: bytes, offset: int, name: str) -> np.ndarray:
+    """Strictly decoded UTF-8 as Unicode code points (uint8 for ASCII, which needs no decoding, else uint32)."""
+    if raw.isascii():
+        return np.frombuffer(raw, dtype=np.uint8)
+    return np.frombuffer(_decode(raw, offset, name).encode("utf-32-le"), dtype=np.uint32)
+
+
 def _text_stats_piece(piece: dict, fs: pafs.FileSystem | None) -> dict:
     """First pass over one piece: its length in tokens and (char tokenizer) its sorted characters."""
     own, _, offset = _piece_text(fs, piece)
     if piece["tokenizer"] == "byte":
         return {"n": len(own)}
-    text = _decode(own, offset, piece["name"])
+    codes = _code_points(own, offset, piece["name"])
     if "limit" in piece:
-        text = text[: piece["limit"]]
-    return {"n": len(text), "chars": "".join(sorted(set(text)))}
+        codes = codes[: piece["limit"]]
+    present = np.flatnonzero(np.bincount(codes)) if len(codes) else []  # sorted, like sorted(set(text))
+    return {"n": len(codes), "chars": "".join(map(chr, present))}
 
 
 def _text_windows_piece(
@@ -684,12 +692,12 @@ def _text_windows_piece(
         ids = np.frombuffer(own + tail[: length - 1], dtype=np.uint8).astype(np.int32)
         n_own = len(own)
     else:
-        text = _decode(own, offset, piece["name"])
-        n_own = len(text)
-        text += tail.decode("utf-8", errors="replace")[: length - 1]
+        codes = _code_points(own, offset, piece["name"])
+        n_own = len(codes)
+        follow = np.frombuffer(tail.decode("utf-8", errors="replace")[: length - 1].encode("utf-32-le"), dtype=np.uint32)
         lookup = np.full(0x110000, -1, dtype=np.int32)
         lookup[[ord(c) for c in vocab]] = np.arange(len(vocab), dtype=np.int32)
-        ids = lookup[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+        ids = np.concatenate([lookup[codes], lookup[follow]])
     g = piece["g"]
     view = np.lib.stride_tricks.sliding_window_view(ids, length) if len(ids) >= length else None
     splits = {}
