@@ -83,6 +83,7 @@ SPLITS = ("train", "val")
 TEXT_PIECE_BYTES = 8 << 20  # bytes of text per Ray task
 IMAGE_PIECE_ITEMS = 8192  # images per Ray task (idx, .npy, builtin:shapes)
 PROBE_PIECE_FILES = 256  # image files whose headers one task checks
+TASKS_PER_CPU = 4  # Ray tasks per cluster CPU in each pass (a task works through several pieces)
 log = logging.getLogger(__name__)
 
 
@@ -393,13 +394,17 @@ def _run_pieces(pieces: list[dict], work: Callable[..., dict], **kwargs: Any) ->
     """Run `work(piece, **kwargs)` for every piece in Ray Data tasks; results in piece order.
 
     A piece that fails on its data returns {"error": ...} instead of raising, so the driver can
-    name the file (or skip it) without a task traceback.
+    name the file (or skip it) without a task traceback. Pieces are grouped into TASKS_PER_CPU
+    tasks per cluster CPU, each working through its pieces in order: with one task per piece the
+    CPUs sat idle between tasks while Ray Data scheduled the next one.
     """
+    import ray
     import ray.data
 
     if not pieces:
         return []
-    ds = ray.data.from_items([{"piece": json.dumps(p)} for p in pieces], override_num_blocks=min(len(pieces), 1000))
+    tasks = TASKS_PER_CPU * max(2, int(ray.cluster_resources().get("CPU", 0)))
+    ds = ray.data.from_items([{"piece": json.dumps(p)} for p in pieces], override_num_blocks=min(len(pieces), tasks))
     ds = ds.map_batches(_piece_batch, batch_size=1, fn_kwargs={"work": work, "kwargs": kwargs})
     results = [json.loads(r["result"]) for r in ds.take_all()]
     return sorted(results, key=lambda r: r["key"])
