@@ -80,8 +80,8 @@ def _closed_loopback_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def runtime_env(pythonpath: str) -> dict[str, Any]:
-    """The runtime_env of a local runtime that creagen starts (no dashboard: about 0.9 GB less).
+def private_runtime_env(pythonpath: str) -> dict[str, str]:
+    """Environment variables of a local runtime that creagen starts (no dashboard: about 0.9 GB less).
 
     RAY_API_SERVER_ADDRESS: Ray's state API client (Train's placement-group cleaner asks it whether
     the controller lives) would otherwise find "the" local Ray by scanning `ps`, and crash with
@@ -89,5 +89,12 @@ def runtime_env(pythonpath: str) -> dict[str, Any]:
     other instance, ask the wrong cluster). Pointed at this runtime's API server, which a runtime
     without the dashboard lacks, it fails with a warning instead (in the session's logs; the local
     runtime stops with the driver, so there is nothing for the cleaner to clean).
+    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0: the runtime is this machine alone, which cannot be
+    preempted without the driver; Ray Train's watcher (one more actor process per worker group,
+    about 2 s of CPU each) would watch nothing. A value already set is kept.
     """
-    return {"env_vars": {"PYTHONPATH": pythonpath, "RAY_API_SERVER_ADDRESS": _closed_loopback_url()}}
+    return {
+        "PYTHONPATH": pythonpath,
+        "RAY_API_SERVER_ADDRESS": _closed_loopback_url(),
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+    }
