@@ -12,6 +12,7 @@ folder, then prepares it (char tokenizer, seq_len 128) in a fresh process each t
     pyarrow). It holds the whole corpus several times over in memory, so it runs only up to
     --legacy-max-mb (default 100).
 Library imports (ray.data, which both paths use) happen before the clock starts in both paths.
+With --repeat N each path runs N times, alternating, and the median runs are compared.
 Printed: seconds, MB/s, the driver's peak RSS (ru_maxrss of the process that calls prepare;
 Ray's worker processes are not the driver), the ratios, and `uptime` beside every number.
 Run it alone: on a shared 2-core machine other work distorts it.
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,1000", help="corpus sizes in MB, comma-separated")
     ap.add_argument("--legacy-max-mb", type=int, default=100, help="largest corpus for the single-process path")
     ap.add_argument("--workdir", default=None, help="where corpora go, kept for later runs (default: a temporary folder, removed)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each path, alternating; the median is compared")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "CORPUS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -186,16 +188,24 @@ def main() -> None:
             size = make_corpus(corpus, mb)
             print(f"corpus {mb} MB: {size:,} bytes in {len(list(corpus.iterdir()))} files, made in {time.perf_counter() - t0:.1f} s", flush=True)
             modes = ["pipeline"] + (["single-process"] if mb <= args.legacy_max_mb else [])
-            for mode in modes:
-                before = uptime()
-                r = measure(mode, corpus, work / "out")
-                r.update(mb_per_s=size / 1e6 / r["seconds"], uptime_before=before, uptime_after=uptime())
-                results[(mb, mode)] = r
-                print(
-                    f"  {mode:15} {r['seconds']:8.1f} s  {r['mb_per_s']:6.2f} MB/s  driver peak RSS {r['peak_rss_mb']:7.0f} MB  "
-                    f"{r['rows']:,} rows   [{r['uptime_after']}]",
-                    flush=True,
-                )
+            runs: dict[str, list[dict]] = {m: [] for m in modes}
+            for _ in range(args.repeat):  # alternating, so a change in load hits both paths alike
+                for mode in modes:
+                    before = uptime()
+                    r = measure(mode, corpus, work / "out")
+                    r.update(mb_per_s=size / 1e6 / r["seconds"], uptime_before=before, uptime_after=uptime())
+                    runs[mode].append(r)
+                    print(
+                        f"  {mode:15} {r['seconds']:8.1f} s  {r['mb_per_s']:6.2f} MB/s  driver peak RSS {r['peak_rss_mb']:7.0f} MB  "
+                        f"{r['rows']:,} rows   [{r['uptime_after']}]",
+                        flush=True,
+                    )
+            for mode in modes:  # the median run (by time) stands for the mode
+                results[(mb, mode)] = sorted(runs[mode], key=lambda r: r["seconds"])[(len(runs[mode]) - 1) // 2]
+                if args.repeat > 1:
+                    r = results[(mb, mode)]
+                    print(f"  {mode:15} median of {args.repeat}: {r['seconds']:.1f} s  {r['mb_per_s']:.2f} MB/s  "
+                          f"(all: {', '.join('%.1f' % x['seconds'] for x in runs[mode])} s)", flush=True)
             if not args.workdir:
                 shutil.rmtree(corpus, ignore_errors=True)  # a --workdir keeps it for the next run
             if (mb, "single-process") in results:
