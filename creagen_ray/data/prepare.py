@@ -394,38 +394,40 @@ def _run_pieces(pieces: list[dict], work: Callable[..., dict], **kwargs: Any) ->
     """Run `work(piece, **kwargs)` for every piece in Ray Data tasks; results in piece order.
 
     A piece that fails on its data returns {"error": ...} instead of raising, so the driver can
-    name the file (or skip it) without a task traceback. Pieces are grouped into TASKS_PER_CPU
-    tasks per cluster CPU, each working through its pieces in order: with one task per piece the
-    CPUs sat idle between tasks while Ray Data scheduled the next one.
+    name the file (or skip it) without a task traceback. The pieces are dealt round-robin into
+    TASKS_PER_CPU tasks per cluster CPU (so the pieces of one large file spread over all tasks),
+    each task working through its share: with one task per piece the CPUs sat idle between
+    tasks while Ray Data scheduled the next one.
     """
     import ray
     import ray.data
 
     if not pieces:
         return []
-    tasks = TASKS_PER_CPU * max(2, int(ray.cluster_resources().get("CPU", 0)))
-    ds = ray.data.from_items([{"piece": json.dumps(p)} for p in pieces], override_num_blocks=min(len(pieces), tasks))
+    n_tasks = min(len(pieces), TASKS_PER_CPU * max(2, int(ray.cluster_resources().get("CPU", 0))))
+    shares = [json.dumps(pieces[i::n_tasks]) for i in range(n_tasks)]
+    ds = ray.data.from_items([{"pieces": s} for s in shares], override_num_blocks=n_tasks)
     # One operator, so nothing downstream needs resources reserved for it; with the reservation
     # (Ray Data's default) the first tasks ran one at a time on 2 CPUs. This dataset's context only.
     ds.context.op_resource_reservation_enabled = False
-    ds = ds.map_batches(_piece_batch, batch_size=1, fn_kwargs={"work": work, "kwargs": kwargs})
+    ds = ds.map_batches(_pieces_batch, batch_size=1, fn_kwargs={"work": work, "kwargs": kwargs})
     results = [json.loads(r["result"]) for r in ds.take_all()]
     return sorted(results, key=lambda r: r["key"])
 
 
-def _piece_batch(batch: dict[str, np.ndarray], work: Callable[..., dict], kwargs: dict) -> dict[str, np.ndarray]:
-    """map_batches UDF: one JSON piece in, one JSON result out; data errors become results."""
+def _pieces_batch(batch: dict[str, np.ndarray], work: Callable[..., dict], kwargs: dict) -> dict[str, np.ndarray]:
+    """map_batches UDF: a JSON list of pieces in, one JSON result per piece out; data errors become results."""
     out = []
-    for text in batch["piece"]:
-        piece = json.loads(text)
-        try:
-            result = work(piece, **kwargs)
-        except (DataError, OSError, ValueError, EOFError) as e:  # pyarrow's errors derive from these
-            result = {"error": f"{piece.get('name', '?')}: {first_line(e)}"}
-            if isinstance(e, DataError):
-                result["error"] = str(e)
-        result["key"] = piece["key"]
-        out.append(json.dumps(result))
+    for text in batch["pieces"]:
+        for piece in json.loads(text):
+            try:
+                result = work(piece, **kwargs)
+            except (DataError, OSError, ValueError, EOFError) as e:  # pyarrow's errors derive from these
+                result = {"error": f"{piece.get('name', '?')}: {first_line(e)}"}
+                if isinstance(e, DataError):
+                    result["error"] = str(e)
+            result["key"] = piece["key"]
+            out.append(json.dumps(result))
     return {"result": np.array(out, dtype=object)}
 
 
