@@ -27,7 +27,7 @@ once; `epoch_gap_s` reports the wait between the last batch of an epoch and the 
     total_steps  optimizer steps of the whole run (schedules use it)
     data_path    the prepared data directory (rank 0 reads labelled images from it for FID)
     resume_from  a ray.train/ray.tune Checkpoint to start from when the run has none of its own
-    stop         an actor handle with `is_set()` (a Tune trial's StopSignal), or None: polled at
+    stop         an actor handle with `is_set()` (a Tune trial's TrialChannel), or None: polled at
                  every report, the run ends there (all ranks together) once it is set or gone
 """
 

@@ -151,7 +151,7 @@ def build_trainer(
     `resume_from_checkpoint` (a ray.train or ray.tune Checkpoint, or a path) seeds a run that has
     no checkpoint of its own descending from it (PBT: the donor); after loading it, the loop
     re-applies this cfg's optimizer settings (family.set_optimizer_hyperparameters).
-    `stop_signal` (a Tune trial's StopSignal actor) ends the run at its next report once set.
+    `stop_signal` (a Tune trial's TrialChannel actor) ends the run at its next report once set.
     """
     t = cfg.train
     spec = prepared.spec

@@ -2,7 +2,7 @@
 
 `CreagenTrial` is a class Trainable that builds a `TorchTrainer` with `training.build_trainer`
 and fits it in a background thread; a Train `UserCallback` relays every report (metrics + the
-persisted checkpoint's path) to the trial through a Ray queue, and `step()` hands Tune one result
+persisted checkpoint's path) to the trial through its `TrialChannel` actor, and `step()` hands Tune one result
 per evaluation (the family's validation metric at a new step).
 
 Why not a function trainable with `TuneReportCallback` (ray/tune/integration/ray_train.py):
@@ -12,9 +12,10 @@ function trial (ASHA, a PBT pause) it kills the trial actor without a hook, so t
 placement group outlives it (https://github.com/ray-project/ray/issues/54305; Ray's placement
 group cleaner needs the dashboard's state API) and the next runs wait for CPUs. A class Trainable
 has `save_checkpoint` / `load_checkpoint` (the Train checkpoint directory, copied) and
-`cleanup()`, where the trial sets the run's `StopSignal`: the training loop polls it at every
-report and returns, so the Train run finishes normally and Ray Train releases its workers and
-placement group itself. Only public Ray APIs: `ray.train.UserCallback`, `ray.util.queue`, an actor.
+`cleanup()`, where the trial sets the stop flag of the run's `TrialChannel` (tuning/channel.py):
+the training loop polls it at every report and returns, so the Train run finishes normally and Ray
+Train releases its workers and placement group itself. Only public Ray APIs: `ray.train.UserCallback`
+and an actor.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import ray
 import ray.train
 from ray import tune
 from ray.train import UserCallback
-from ray.util.queue import Empty, Queue
 
 from creagen_ray import storage
 from creagen_ray.config import ExperimentConfig, validate_config
 from creagen_ray.training import NonFiniteLossError, build_trainer, fit
+from creagen_ray.tuning.channel import TrialChannel
 from creagen_ray.tuning.space import resolve
 
 STOP_TIMEOUT_S = 60.0  # a stopped run ends at its next report (train.log_every steps at most)
@@ -42,31 +43,15 @@ FINISH_TIMEOUT_S = 120.0
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0)
-class StopSignal:
-    """A flag the trial sets when Tune stops it; the training loop polls `is_set()` at every report."""
-
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        """Ask the run to end at its next report."""
-        self._set = True
-
-    def is_set(self) -> bool:
-        """Whether the run should end now."""
-        return self._set
-
-
 class _ReportRelay(UserCallback):
     """Train controller side: send each report (rank 0 metrics, checkpoint path) to the trial."""
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel  # the trial's TrialChannel actor
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         """Blocking put (queue of one): Train runs at most one report ahead of Tune."""
-        self.queue.put(("report", (dict(metrics[0]), checkpoint.path if checkpoint else None)))
+        ray.get(self.channel.put.remote(("report", (dict(metrics[0]), checkpoint.path if checkpoint else None))))
 
 
 class TrialDiverged(RuntimeError):
@@ -106,9 +91,8 @@ class CreagenTrial(tune.Trainable):
         self._reset_run()
 
     def _reset_run(self) -> None:
-        self._queue: Queue | None = None
+        self._channel: Any = None  # the run's TrialChannel actor: its reports and its stop flag
         self._thread: threading.Thread | None = None
-        self._stop: Any = None  # the run's StopSignal actor
         self._error: BaseException | None = None
         self._finished = False  # the run reported its last step
         self._last_checkpoint: str | None = None
@@ -117,17 +101,16 @@ class CreagenTrial(tune.Trainable):
 
     def _start(self) -> None:
         """Build the TorchTrainer for this trial and fit it in a background thread."""
-        queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
-        self._stop = StopSignal.remote()
+        channel = TrialChannel.remote()
         run_name = f"{self.trial_id}-{time.time_ns()}"
         trainer = build_trainer(
             self.cfg,
             self.prepared,
             run_name=run_name,
             storage_path=self.runs_dir,
-            callbacks=[_ReportRelay(queue)],
+            callbacks=[_ReportRelay(channel)],
             resume_from_checkpoint=self._start_from,
-            stop_signal=self._stop,
+            stop_signal=channel,
         )
 
         def run() -> None:
@@ -137,11 +120,11 @@ class CreagenTrial(tune.Trainable):
                 self._error = e
             finally:
                 try:
-                    queue.put(("end", None), timeout=FINISH_TIMEOUT_S)
-                except Exception:  # noqa: BLE001 - the queue is gone: the trial is stopping
+                    ray.get(channel.put.remote(("end", None), FINISH_TIMEOUT_S))
+                except Exception:  # noqa: BLE001 - the channel is gone: the trial is stopping
                     pass
 
-        self._queue = queue
+        self._channel = channel
         self._thread = threading.Thread(target=run, name=f"fit-{run_name}", daemon=True)
         self._thread.start()
 
@@ -155,9 +138,9 @@ class CreagenTrial(tune.Trainable):
         """Wait for the run's next evaluation and return it (done=True at the last step)."""
         if self._thread is None:
             self._start()
-        assert self._queue is not None and self._thread is not None
+        assert self._channel is not None and self._thread is not None
         while True:
-            kind, item = self._queue.get()
+            kind, item = ray.get(self._channel.get.remote())[1]
             if kind == "end":
                 self._thread.join()
                 if self._latest.get("nonfinite") and self._error is None:
@@ -208,26 +191,22 @@ class CreagenTrial(tune.Trainable):
         self._reset_run()
 
     def cleanup(self) -> None:
-        """Stop the Train run (it ends at its next report and releases its workers), then the queue."""
+        """Stop the Train run (it ends at its next report and releases its workers), then its channel."""
         self._stop_run()
 
     def _stop_run(self) -> None:
         if self._thread is None:
             return
-        assert self._queue is not None
+        assert self._channel is not None
         if not self._finished:
-            self._stop.set.remote()
+            self._channel.set.remote()
         timeout = FINISH_TIMEOUT_S if self._finished else STOP_TIMEOUT_S
         deadline = time.monotonic() + timeout
         while self._thread.is_alive() and time.monotonic() < deadline:
-            try:  # drain the relay, so the Train controller is never blocked on us
-                self._queue.get(timeout=0.2)
-            except Empty:
-                pass
+            ray.get(self._channel.get.remote(0.2))  # drain the relay, so the Train controller is never blocked on us
         if self._thread.is_alive():
             # No public Ray API aborts a running TorchTrainer.fit from another thread; Tune now ends
             # this actor, and the run's actors with it (their placement group: ray-project/ray#54305)
             log.warning("trial %s: its Train run did not stop within %.0f s", self.trial_id, timeout)
-        self._queue.shutdown(force=True)
-        ray.kill(self._stop)
+        ray.kill(self._channel)
         self._thread = None
