@@ -1,10 +1,11 @@
 """The family seam: a family registered from a test module trains, tunes and serves, no other file changed.
 
 `tests/toy_family.py` declares a bigram family ("toy") and registers it at import; nothing in
-creagen_ray names it. One tiny Ray Train run and one Serve request of its bundle. Tune on a family
-registered from a test module (tests/faults.py's "diverging", a subclass of the toy): trials trained,
-ranked on the family's own metric, and the best bundle loads as that family, is checked by
-tests/test_tuning.py::test_asha_search_ranks_failures_and_resumes (one Tune run fewer here).
+creagen_ray names it. One Serve request of a toy bundle trained in-process. Ray Train and Tune on a
+family registered from a test module (tests/faults.py's "diverging", a subclass of the toy): each
+trial a Ray Train run whose table learns (val_toy_nll < 4.5), ranked on the family's own metric, and
+the best bundle, written by the driver, loads as that family; that is checked by
+tests/test_tuning.py::test_asha_search_ranks_failures_and_resumes (a Train run and a Tune run fewer here).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 import tests.toy_family  # noqa: F401  (registers "toy" before the session's Ray starts)
 from creagen_ray.config import ConfigError, validate_config
@@ -47,36 +49,43 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_toy_family_trains_and_serves(ray_cluster, tmp_path: Path) -> None:
-    """Ray Train (1 worker) and Ray Serve (1 request) on the toy family."""
+def test_toy_family_learns_and_serves(ray_cluster, tmp_path: Path) -> None:
+    """The toy's table learns in-process, its bundle is written, and Ray Serve (1 request) serves it."""
     from ray import serve
 
-    from creagen_ray.bundle import load_bundle
+    from _serve_bundles import TEXT, train_on_pangram
+    from creagen_ray.bundle import load_bundle, write_bundle
+    from creagen_ray.config import DataSpec
+    from creagen_ray.families import build_family
     from creagen_ray.serving.app import build_app
     from creagen_ray.serving.settings import ServeConfig
-    from creagen_ray.training import train
+    from creagen_ray.tokenizer import CharTokenizer
+    from creagen_ray.training.checkpoint import one_torch_thread
 
-    raw = {
-        "name": "toy",
-        "data": {"source": "builtin:python-docs", "modality": "text", "seq_len": 32, "max_items": 20000},
-        "model": {"family": "toy"},
-        "optimizer": {"name": "adam", "lr": 0.05},
-        "train": {"num_workers": 1, "cpus_per_worker": 0.45, "batch_size": 32, "steps": 20, "eval_every": 10,
-                  "eval_batches": 2, "checkpoint_every": 10, "log_every": 10, "storage_path": str(tmp_path)},
-    }
-    result = train(validate_config(raw), progress=False)
-    assert result.metrics["val_toy_nll"] < 4.5  # ln(vocab) ~ 4.6 at the start: the table learned
-    assert load_bundle(result.bundle_path).family.name == "toy"
+    tok = CharTokenizer.fit(TEXT)
+    cfg = validate_config({"name": "toy", "data": {"modality": "text", "seq_len": 32}, "model": {"family": "toy"},
+                           "optimizer": {"name": "adam", "lr": 0.05}, "train": {"steps": 40, "batch_size": 16}})
+    spec = DataSpec(modality="text", vocab_size=tok.vocab_size, seq_len=32)
+    with one_torch_thread():
+        family = build_family(cfg, spec, total_steps=40, tokenizer=tok)
+        ids = torch.tensor(tok.encode(TEXT[:330]))
+        windows = [{"tokens": ids[: 10 * 33].view(10, 33)}]  # the text it trains on: the table fits it
+        before = family.evaluate(windows)["val_toy_nll"]
+        train_on_pangram(family, tok, steps=40, seq_len=32)
+        after = family.evaluate(windows)["val_toy_nll"]
+        assert after < before - 1.0, (before, after)  # ln(vocab) at the start: the table learned
+        bundle_path = write_bundle(family, tmp_path / "toy" / "bundle", metrics={"val_toy_nll": after})
+    assert load_bundle(bundle_path).family.name == "toy"
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        app = build_app(ServeConfig(bundles=[str(result.bundle_path)], families={"toy": {"num_cpus": 0.1}}))
+        app = build_app(ServeConfig(bundles=[str(bundle_path)], families={"toy": {"num_cpus": 0.1}}))
         serve.run(app, name="creagen", route_prefix="/")
         r = httpx.post(f"http://127.0.0.1:{port}/v1/text/generate", timeout=60,
                        json={"model": "bundle", "prompt": "d", "max_new_tokens": 12, "seed": 3})
         assert r.status_code == 200, r.text
         text = r.json()["texts"][0]
-        assert len(text) == 12 and set(text) <= set(load_bundle(result.bundle_path).tokenizer.chars)
+        assert len(text) == 12 and set(text) <= set(tok.chars)
     finally:
         serve.shutdown()
