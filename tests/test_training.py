@@ -124,32 +124,32 @@ def test_rnn_ddp_bundle_resume_and_worker_kill(ray_cluster, storage: Path, tmp_p
     assert newest == ckpts[-1] and load_checkpoint(ckpts[-2])["step"] == 10
     (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:100])
 
-    # Same run name, twice the steps: resumes at 10. A test callback SIGKILLs one worker process
-    # right after the step-30 checkpoint is recorded; FailureConfig restarts from that checkpoint.
+    # Same run name, 30 steps: resumes at 10. A test callback SIGKILLs one worker process right after
+    # the step-20 checkpoint (the rerun's first) is recorded; FailureConfig restarts from that checkpoint.
     marker = tmp_path / "killed"
     log_b = tmp_path / "b.jsonl"
     res2 = train(
-        rnn_cfg(storage, steps=40, max_failures=1),
+        rnn_cfg(storage, steps=30, max_failures=1),
         run_name="rnn",
         progress=False,
-        callbacks=[MetricsLogCallback(str(log_b)), KillWorkerAfterCheckpoint(30, str(marker))],
+        callbacks=[MetricsLogCallback(str(log_b)), KillWorkerAfterCheckpoint(20, str(marker))],
     )
     log2 = [r["ranks"][0] for r in read_log(log_b)]
-    assert marker.read_text().startswith("30 [") and marker.read_text() != "30 []", "no worker was killed"
+    assert marker.read_text().startswith("20 [") and marker.read_text() != "20 []", "no worker was killed"
     warning = log2[0].get("resume_warning", "")
     assert str(newest) in warning and str(ckpts[-2]) in warning, f"no warning naming both: {warning!r}"
     assert log2[0]["start_step"] == 10 and log2[0]["step"] > 10, "the rerun did not resume from step 10"
     restarts = sorted({m["start_step"] for m in log2})
     trace = [(m["start_step"], m["step"]) for m in log2]
-    assert restarts == [10, 30], f"expected a first attempt from 10, a restore from 30; (start, step): {trace}"
-    after = [m["step"] for m in log2 if m["start_step"] == 30]
-    assert after and min(after) > 30 and after[-1] == 40
-    assert res2.metrics["step"] == 40
+    assert restarts == [10, 20], f"expected a first attempt from 10, a restore from 20; (start, step): {trace}"
+    after = [m["step"] for m in log2 if m["start_step"] == 20]
+    assert after and min(after) > 20 and after[-1] == 30
+    assert res2.metrics["step"] == 30
     state2 = load_checkpoint(res2.checkpoint.path)
-    assert state2["step"] == 40 and adam_steps(state2) == 40, "optimizer state did not continue"
-    assert state2["family"]["steppers"]["main"]["scheduler"]["last_epoch"] == 40
+    assert state2["step"] == 30 and adam_steps(state2) == 30, "optimizer state did not continue"
+    assert state2["family"]["steppers"]["main"]["scheduler"]["last_epoch"] == 30
     assert_replicas_in_sync(read_log(log_b))
-    assert load_bundle(res2.bundle_path).metrics["step"] == 40
+    assert load_bundle(res2.bundle_path).metrics["step"] == 30
 
 
 def assert_mlflow_run(storage: Path, experiment: str, run_name: str, bundle: Path, *, steps: int, log_every: int,
