@@ -84,9 +84,10 @@ def mnist(mnist_paths):
 
 @pytest.fixture(scope="module")
 def mnist_net(mnist):
-    """A FeatureNet trained on 2000 MNIST training-split images for 300 steps (~8 s on 2 CPU threads)."""
+    """A FeatureNet trained on 2000 MNIST training-split images for 200 steps: the net creagen's runs fit
+    (training/loop.py FEATURE_NET_IMAGES, FEATURE_NET_STEPS); 300 steps cost a third more for 0.6 points."""
     torch.manual_seed(0)
-    return train_feature_net(mnist["train_x"][:2000], mnist["train_y"][:2000], num_classes=10, steps=300, seed=0)
+    return train_feature_net(mnist["train_x"][:2000], mnist["train_y"][:2000], num_classes=10, steps=200, seed=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def test_inception_fid_plumbing_with_a_stand_in_torchscript_detector(tmp_path):
 @pytest.mark.shared
 def test_feature_net_classifies_mnist(mnist, mnist_net):
     acc = classifier_accuracy(mnist_net, mnist["eval_x"], mnist["eval_y"])
-    assert acc > 0.93, acc  # measured 0.968 after 300 steps on 2000 images
+    assert acc > 0.93, acc  # measured 0.962 after 200 steps on 2000 images (0.968 after 300)
 
 
 @pytest.mark.shared
