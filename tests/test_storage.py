@@ -7,6 +7,7 @@ scan), and a wrong / missing credential or bucket failing `creagen train` before
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +30,7 @@ from creagen_ray.bundle import BundleError, load_bundle
 from creagen_ray.cli import main
 from creagen_ray.config import TextRequest
 from creagen_ray.serving.store import BundleStore, RejectedModel
+from tests.procs import ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,8 +170,9 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
         **os.environ, **s3.env,
         "CREAGEN_CACHE_DIR": str(tmp_path / "cache"),
         "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_raylet_start_wait_time_s": "120",  # a loaded 2-core box: train's node start timed out at 30 s (load 34)
     }
-    env.pop("RAY_ADDRESS", None)  # each command starts its own local Ray, as on a laptop
+    env.pop("RAY_ADDRESS", None)  # train and serve start their own local Ray, as on a laptop
     client = s3.client()
     client.put_object(Bucket=s3.bucket, Key="e2e/corpus/a.txt", Body=(TEXT * 20).encode())
     upload_png_folder(s3, "e2e/pngs", per_class=150)  # 300 files: the header checks span two tasks
@@ -176,12 +180,16 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     client.put_object(Bucket=s3.bucket, Key="e2e/pngs/bright/137.png", Body=good[:40])  # one truncated file
     runs, bad_runs = s3.uri("e2e/runs"), s3.uri("e2e/bad-runs")
 
-    # three independent threads of commands at once (each mostly waits on its own Ray's start-up), each on
-    # its own private local Ray (TMPDIR apart, so none joins another's):
+    # three independent threads of commands at once (each mostly waits on Ray): train (and then serve) on
+    # its own private local Ray, as on a laptop; the two prepares and the tune command join one
+    # `ray start --head` (their TMPDIR, so they find it as after `ray start`; the S3 credentials in the
+    # head's environment), which saves two Ray start-ups of a 2-core machine's CPU:
     # an image folder in the bucket with one corrupt file: named, exit 2, nothing written under its
     # storage path; then with data.skip_bad_files: Parquet shards in the bucket, the manifest counts and
     # names it; beside them the tune command (its own empty working directory) ...
-    tmps = [tempfile.mkdtemp(prefix="crs", dir="/tmp") for _ in range(4)]  # short: Ray's socket paths
+    tmps = [tempfile.mkdtemp(prefix="crs", dir="/tmp") for _ in range(3)]  # short: Ray's socket paths
+    t_start = time.monotonic()
+    phases: dict[str, float] = {}
     tune_cwd = tmp_path / "tune-cwd"
     tune_cwd.mkdir()
     tune_runs = s3.uri("tune-e2e/runs")
@@ -191,24 +199,37 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
                 "--set", "data.kind=png", "--set", "data.image_size=12", "--set", "data.channels=1",
                 "--set", f"train.storage_path={storage_path}", *more]
 
+    head_up = threading.Event()
+
+    def wait_for_head() -> None:
+        head_up.wait()
+        if "head up" not in phases:
+            raise RuntimeError("ray start --head did not come up")
+
     def prepare_bad_then_skip() -> tuple[subprocess.CompletedProcess, list[str], subprocess.CompletedProcess]:
+        wait_for_head()
         e = {**env, "TMPDIR": tmps[0]}
         bad = creagen(prepare(bad_runs), e, cwd)
         written = s3.keys("e2e/bad-runs/data/")  # shards, temp folder (.pngs-*.tmp-*)
         skip = creagen(prepare(runs, "--set", "data.skip_bad_files=true"), e, cwd)
+        phases["prepares"] = time.monotonic() - t_start
         return bad, written, skip
 
-    # three threads, not more: with a fourth Ray beside them (the two prepares apart) every command
-    # took longer on 2 cores and the whole test 183 s instead of 160 s (load 20)
+    def tune_command() -> subprocess.CompletedProcess:
+        wait_for_head()
+        r = creagen(
+            ["tune", str(ROOT / "jobs/configs/demo-tune.yaml"), "--set", f"train.storage_path={tune_runs}",
+             "--set", "tune.num_samples=1", "--set", "train.steps=10", "--set", "train.eval_every=10",
+             "--set", "train.checkpoint_every=10", "--set", "data.max_items=20000"],
+            {**env, "TMPDIR": tmps[0], "CREAGEN_CACHE_DIR": str(tmp_path / "tune-cache")}, tune_cwd, 900,
+        )
+        phases["tune"] = time.monotonic() - t_start
+        return r
+
+    head = contextlib.ExitStack()
     pool = ThreadPoolExecutor(max_workers=4)
     side = pool.submit(prepare_bad_then_skip)
-    tune_run = pool.submit(
-        creagen,
-        ["tune", str(ROOT / "jobs/configs/demo-tune.yaml"), "--set", f"train.storage_path={tune_runs}",
-         "--set", "tune.num_samples=1", "--set", "train.steps=10", "--set", "train.eval_every=10",
-         "--set", "train.checkpoint_every=10", "--set", "data.max_items=20000"],
-        {**env, "TMPDIR": tmps[3], "CREAGEN_CACHE_DIR": str(tmp_path / "tune-cache")}, tune_cwd, 900,
-    )
+    tune_run = pool.submit(tune_command)
     # ... and text from the bucket, trained with 2 DDP workers, everything written to the bucket
     train_run = pool.submit(
         creagen,
@@ -220,7 +241,11 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     )
     server = None
     try:
+        head.enter_context(ray_head(Path(tmps[0]), {**env, "CREAGEN_CACHE_DIR": str(tmp_path / "head-cache")}))
+        phases["head up"] = time.monotonic() - t_start
+        head_up.set()
         r = train_run.result()
+        phases["train"] = time.monotonic() - t_start
         assert r.returncode == 0, r.stderr[-3000:]
         bundle_uri = s3.uri("e2e/runs/s3run/bundle")
         assert f"bundle: {bundle_uri}" in r.stdout
@@ -251,6 +276,7 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
                 pytest.fail(f"creagen serve exited {server.returncode}:\n{server.stdout.read()[-4000:]}")
             assert time.monotonic() < deadline, "creagen serve did not come up"
             time.sleep(0.5)
+        phases["serve up"] = time.monotonic() - t_start
         models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
         # creagen serve started its own Ray on its default data plane: the replica runs with its flags
         assert httpx.get(f"{url}/v1/stats", timeout=30).json()["dataplane"] == "throughput"
@@ -268,7 +294,9 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
         assert written == []
         assert r.returncode == 0, r.stderr[-3000:]
         assert "skipped 1 unreadable file(s)" in r.stdout and "bright/137.png" in r.stdout, r.stdout
+        phases["all checked"] = time.monotonic() - t_start
     finally:
+        head_up.set()  # a failed head start: the side commands fail at once rather than wait forever
         if server is not None:
             server.send_signal(signal.SIGINT)
             try:
@@ -276,8 +304,10 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
         pool.shutdown(wait=True)
+        head.close()
         for t in tmps:
             shutil.rmtree(t, ignore_errors=True)
+    print("\nseconds from the start:", {k: round(v) for k, v in phases.items()})
     data_keys = s3.keys("e2e/runs/data/pngs-")  # the PNG folder's shards (the text's: data/a-...)
     assert any(k.endswith(".parquet") for k in data_keys)
     mkey = next(k for k in data_keys if k.endswith("manifest.json"))
