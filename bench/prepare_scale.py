@@ -12,6 +12,10 @@ folder, then prepares it (char tokenizer, seq_len 128) in a fresh process each t
     pyarrow). It holds the whole corpus several times over in memory, so it runs only up to
     --legacy-max-mb (default 100).
 Library imports (ray.data, which both paths use) happen before the clock starts in both paths.
+The single-process path runs at nice 15, the niceness Ray gives its worker processes, where the
+pipeline's work runs: on a shared machine other processes (nice 0) would otherwise take CPU from
+the pipeline's workers far more than from the single process. On an idle machine niceness
+changes nothing.
 With --repeat N each path runs N times, alternating, and the median runs are compared.
 Printed: seconds, MB/s, the driver's peak RSS (ru_maxrss of the process that calls prepare;
 Ray's worker processes are not the driver), the ratios, and `uptime` beside every number.
@@ -33,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_BYTES = 4 << 20
+RAY_WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", 15))  # Ray's default for worker processes
 WORDS = (
     "the of and to in a is that for it as was with be by on not he I this are or his from at which but have an "
     "they you were her she there been one all we their has would when if so no will more can out up into do "
@@ -148,6 +153,8 @@ def run_single_process(corpus: str, out: str) -> dict:
 
 def child(mode: str, corpus: str, out: str) -> None:
     """Entry point of the measuring subprocess: prints one JSON line."""
+    if mode == "single-process":
+        os.nice(RAY_WORKER_NICENESS)  # the priority the pipeline's work runs at (see the module docstring)
     result = (run_pipeline if mode == "pipeline" else run_single_process)(corpus, out)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
