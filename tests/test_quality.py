@@ -126,12 +126,29 @@ def test_training_dataset_materializes_below_budget_and_streams_above(tmp_path):
     cols = ["image", "label"]
     size_mb = prepared.nbytes("train", cols) / 2**20
     assert 0 < size_mb < 10
-    small, mode = training_dataset(prepared, cols, materialize_mb=size_mb * 2)
-    assert mode == "materialized" and isinstance(small, ray.data.dataset.MaterializedDataset)
-    assert small.count() == prepared.num_rows("train")
-    rows = small.take_batch(batch_size=prepared.num_rows("train"), batch_format="numpy")  # read on the driver: same rows, same order
     want = prepared.read_numpy("train", cols)
-    assert np.array_equal(rows["label"], want["label"]) and np.array_equal(rows["image"], want["image"])
+    n = prepared.num_rows("train")
+    small, mode = training_dataset(prepared, cols, materialize_mb=size_mb * 2, num_workers=3)
+    assert mode == "materialized" and len(small) == 3 and all(isinstance(r, ray.ObjectRef) for r in small)
+    shards = ray.get(small)  # equal contiguous shards in row order, the remainder dropped
+    per = n // 3
+    assert [len(s["label"]) for s in shards] == [per] * 3 and len(shards[0]["image"]) == per
+    for r, shard in enumerate(shards):
+        assert np.array_equal(shard["label"], want["label"][r * per : (r + 1) * per])
+        assert np.array_equal(shard["image"], want["image"][r * per : (r + 1) * per])
+    # a worker's epochs from its shard: every row once per epoch in full batches, a new order each epoch
+    from creagen_ray.training.loop import _memory_epochs
+
+    bs = next(b for b in (8, 6, 5, 4, 3, 2, 1) if per % b == 0)  # full batches that cover the shard
+    make_epoch = _memory_epochs(shards[0], {"image": torch.uint8, "label": torch.int64}, bs, torch.device("cpu"), 0, 0)
+    epochs = [list(make_epoch()) for _ in range(2)]
+    assert all(len(e) == per // bs and e[0]["image"].shape == (bs, *want["image"].shape[1:]) for e in epochs)
+    assert epochs[0][0]["label"].dtype == torch.int64 and epochs[0][0]["image"].dtype == torch.uint8
+    seen = [torch.cat([b["label"] for b in e]) for e in epochs]
+    assert sorted(seen[0].tolist()) == sorted(seen[1].tolist()) and not torch.equal(seen[0], seen[1])
+    assert sorted(seen[0].tolist()) == sorted(shards[0]["label"].tolist())  # every row of the shard once
+    again = _memory_epochs(shards[0], {"image": torch.uint8, "label": torch.int64}, bs, torch.device("cpu"), 0, 0)
+    assert torch.equal(torch.cat([b["label"] for b in again()]), seen[0])  # seeded: a restart draws the same order
     big, mode = training_dataset(prepared, cols, materialize_mb=size_mb / 2)
     assert mode == "streaming" and not isinstance(big, ray.data.dataset.MaterializedDataset)
     never, mode = training_dataset(prepared, cols, materialize_mb=0)

@@ -18,14 +18,18 @@ next collective; rank 0's metrics are what Ray Train, Tune and the progress prin
 
 Batches come from `_EpochFeed`: one thread iterates this worker's shard epoch after epoch into a
 short queue, so the next epoch's read starts while the last batches of the current one are still
-being trained on. With a materialized split (trainer.training_dataset) the next epoch starts at
-once; `epoch_gap_s` reports the wait between the last batch of an epoch and the first of the next.
+being trained on. A materialized split (trainer.training_dataset) is this rank's shard taken once
+from Ray's object store and shuffled in memory every epoch (`_memory_epochs`), so the next epoch
+starts at once; a streamed one is Ray Train's dataset shard (`iter_torch_batches`, local shuffle
+buffer). `epoch_gap_s` reports the wait between the last batch of an epoch and the first of the next.
 
 `config` holds only JSON-able values (plus an optional checkpoint object to resume from):
     cfg          ExperimentConfig.model_dump(mode="json")
     spec         DataSpec as a dict;     tokenizer  Tokenizer.to_dict() or None
     total_steps  optimizer steps of the whole run (schedules use it)
     data_path    the prepared data directory (rank 0 reads labelled images from it for FID)
+    data_mode    "materialized" (train_shards: one ObjectRef per rank, a dict of numpy columns) or
+                 "streaming" (Ray Train's dataset shard "train")
     resume_from  a ray.train/ray.tune Checkpoint to start from when the run has none of its own
     stop         an actor handle with `is_set()` (a Tune trial's TrialChannel), or None: polled at
                  every report, the run ends there (all ranks together) once it is set or gone
@@ -137,6 +141,29 @@ def batch_columns(spec: DataSpec) -> dict[str, torch.dtype]:
     if spec.num_classes:
         cols["label"] = torch.int64
     return cols
+
+
+def _memory_epochs(
+    rows: dict[str, np.ndarray], columns: dict[str, torch.dtype], batch_size: int, device: torch.device,
+    seed: int, first_epoch: int,
+) -> Any:
+    """A make_epoch for _EpochFeed over this worker's in-memory shard (a materialized split).
+
+    Each call is the next epoch: a fresh permutation of the shard's rows (seeded by `seed` and the
+    epoch, so a restarted or resumed run draws the same order), cut into full batches (drop_last).
+    """
+    n = len(next(iter(rows.values())))
+    epoch = first_epoch
+
+    def make_epoch() -> Iterable[dict[str, torch.Tensor]]:
+        nonlocal epoch
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        epoch += 1
+        for i in range(0, n - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            yield {c: torch.from_numpy(rows[c][idx]).to(device=device, dtype=dt) for c, dt in columns.items()}
+
+    return make_epoch
 
 
 def batch_items(batch: dict[str, torch.Tensor]) -> int:
@@ -387,7 +414,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     start_step = family.step
     epoch = int(restored["epoch"]) if restored else 0
     columns = batch_columns(spec)
-    shard = ray.train.get_dataset_shard("train")
+    shards = config.get("train_shards")  # a materialized split: this rank's rows, once (trainer.training_dataset)
+    shard = None if shards is not None else ray.train.get_dataset_shard("train")
     val: list[dict[str, torch.Tensor]] | None = None
     val_full: list[dict[str, torch.Tensor]] | None = None
     last_val: dict[str, float] = {}
@@ -501,7 +529,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         )
 
     ok = not done()
-    feed = _EpochFeed(read_epoch) if ok else None
+    if ok and shards is not None:
+        make_epoch = _memory_epochs(ray.get(shards[rank]), columns, t.batch_size, device, t.seed + rank, epoch)
+    else:
+        make_epoch = read_epoch
+    feed = _EpochFeed(make_epoch) if ok else None
     t_epoch_end: float | None = None  # when the last batch of the previous epoch was done with
     try:
         while ok:

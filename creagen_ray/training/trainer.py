@@ -114,22 +114,31 @@ def item_unit(cfg: ExperimentConfig, prepared: Any) -> str:
     return "tokens" if prepared.spec.modality == "text" else "images"
 
 
-def training_dataset(prepared: Any, columns: list[str], materialize_mb: float) -> tuple[Any, str]:
-    """The training split as a Ray Dataset, and how it is fed: "materialized" or "streaming".
+def training_dataset(
+    prepared: Any, columns: list[str], materialize_mb: float, num_workers: int = 1
+) -> tuple[Any, str]:
+    """The training split as fed to the workers, and how: ("materialized", one shard per worker) or
+    ("streaming", a Ray Dataset).
 
-    A split whose uncompressed columns fit `materialize_mb` MiB is read once and kept in Ray's
-    object store: every epoch then iterates the same blocks and starts at once, instead of
-    restarting the Parquet read (1-8 s per epoch on 2 CPUs). The driver reads it with pyarrow
-    (through pyarrow.fs, so a URI works) and hands the tables to `ray.data.from_arrow`: no read
-    pipeline (ListFiles/ReadFiles tasks under a streaming executor) on the driver; from_arrow
-    still runs one small metadata task per shard. The driver holds at most `materialize_mb` MiB
-    while it puts the blocks. Larger splits stream (`ray.data.read_parquet`); the loop's prefetch
-    thread then starts the next epoch's read before the current one has been consumed. Only the
-    columns the loop iterates are kept (iter_torch_batches needs a dtype for every column).
+    A split whose uncompressed columns fit `materialize_mb` MiB is read once on the driver (pyarrow,
+    through pyarrow.fs, so a URI works) and cut into `num_workers` equal contiguous shards of
+    `rows // num_workers` rows (what an equal split gives; the remainder is dropped), each put in
+    Ray's object store as a dict of numpy columns: a list of ObjectRefs, one per rank. Each worker
+    gets its own shard once and draws every epoch's batches from memory (loop._memory_epochs), so an
+    epoch starts at once, and a run starts no Ray Data pipeline at all: no split coordinator,
+    dataset manager, stats or autoscaling actors (about 9 CPU-seconds of every run on 2 CPUs). The
+    driver holds at most `materialize_mb` MiB while it puts the shards. Larger splits stream
+    (`ray.data.read_parquet`, split by Ray Train); the loop's prefetch thread then starts the next
+    epoch's read before the current one has been consumed. Only the columns the loop iterates are kept.
     """
     if prepared.nbytes("train", columns) <= materialize_mb * 2**20:
         connect_ray()
-        return ray.data.from_arrow(prepared.read_tables("train", columns)), "materialized"
+        rows = prepared.read_numpy("train", columns)
+        per_worker = len(rows[columns[0]]) // num_workers
+        shards = [
+            ray.put({c: v[r * per_worker : (r + 1) * per_worker] for c, v in rows.items()}) for r in range(num_workers)
+        ]
+        return shards, "materialized"
     return prepared.train_dataset(columns), "streaming"
 
 
@@ -179,9 +188,13 @@ def build_trainer(
         "resume_from": resume_from_checkpoint,
         "stop": stop_signal,
     }
-    train_ds, data_mode = training_dataset(prepared, list(batch_columns(spec)), t.materialize_mb)
+    train_data, data_mode = training_dataset(prepared, list(batch_columns(spec)), t.materialize_mb, t.num_workers)
     loop_config["data_mode"] = data_mode
-    datasets = {"train": train_ds}
+    if data_mode == "materialized":
+        loop_config["train_shards"] = train_data  # one ObjectRef per rank; no Ray Data in the run
+        datasets = None
+    else:
+        datasets = {"train": train_data}
     resources = {"CPU": t.cpus_per_worker, **t.worker_resources}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
