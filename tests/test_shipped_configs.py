@@ -18,7 +18,10 @@ with a cluster runs them; its workers run in another directory too), which saves
 start. Three commands run at a time. The demo-rnn run doubles as the console check: its default
 console shows progress and the bundle line and none of Ray's noise while that other Ray runs on
 the machine. demo-vae trains with its own 2 DDP workers (the others with one) and carries the DDP
-checks of an image family: loss falls, replicas equal, a PNG grid, a tampered bundle refused. text-gan
+checks of an image family: loss falls, replicas equal, a PNG grid, a tampered bundle refused. demo-gan
+does too and carries the DCGAN's: fcd falls by a quarter, replicas equal at every kept checkpoint, the
+bundle generates, its FeatureNet is cached next to the data (a separate Train run in
+tests/test_training.py did this before, ~40 CPU-seconds). text-gan
 trains on its shipped 2 DDP workers too: replicas equal, its validation and sample metrics in the bundle
 (the text GAN on Serve: tests/test_serve.py).
 The README's Ray Job (`ray job submit --working-dir . -- python jobs/train.py
@@ -69,11 +72,10 @@ FEW_STEPS = [
     "train.num_workers=1", "train.steps=4", "train.epochs=null", "train.eval_every=2", "train.eval_batches=2",
     "train.checkpoint_every=4", "train.log_every=2",
 ]
-# demo-vae: its own 2 DDP workers and enough steps for the loss to fall; text-gan: its own 2 DDP workers
-MORE = {"demo-vae": ["train.num_workers=2", "train.steps=30", "train.eval_every=10", "train.checkpoint_every=10",
-                     "train.log_every=5"],
-        "text-gan": ["train.num_workers=2"]}
-STEPS = {"demo-vae": 30}
+# demo-vae, demo-gan: their own 2 DDP workers and enough steps for the loss / fcd to fall; text-gan: its own 2 DDP workers
+DDP_30 = ["train.num_workers=2", "train.steps=30", "train.eval_every=10", "train.checkpoint_every=10", "train.log_every=5"]
+MORE = {"demo-vae": DDP_30, "demo-gan": DDP_30, "text-gan": ["train.num_workers=2"]}
+STEPS = {"demo-vae": 30, "demo-gan": 30}
 # the order commands start in, 3 at a time, longest first; configs on the same prepared data run one
 # after another in one chain, so the data is prepared once and the image configs' FeatureNet is
 # trained once (cached next to the data; the VAE's val_prior_fcd uses it too)
@@ -401,6 +403,56 @@ def test_text_gan_ddp_bundle_has_val_and_sample_metrics(shipped_runs) -> None:
     texts = loaded.generate(TextRequest(n=3, seed=5, max_new_tokens=20))
     assert texts == loaded.generate(TextRequest(n=3, seed=5, max_new_tokens=20)) and len(texts) == 3
     assert all(len(t) == 20 and set(t) <= set(loaded.family.tokenizer.chars) for t in texts), texts
+
+
+@pytest.mark.slow
+def test_demo_gan_ddp_fcd_falls_replicas_equal_feature_net_cached(shipped_runs, monkeypatch) -> None:
+    """demo-gan.yaml on its 2 DDP workers, 30 steps: fcd (FeatureNet, seeded so deterministic) falls by a quarter
+    from the first evaluation to the last, both replicas equal at every kept checkpoint, the bundle generates, and
+    the run left its FeatureNet next to the prepared data, which a later run loads instead of training it."""
+    import torch
+
+    from creagen_ray.bundle import load_bundle
+    from creagen_ray.config import ImageRequest, load_config
+    from creagen_ray.training import load_checkpoint
+
+    if "demo-gan@elsewhere" not in shipped_runs:
+        pytest.skip("demo-gan was deselected")
+    future, run_dir = shipped_runs["demo-gan@elsewhere"]
+    proc = future.result()
+    _check(proc, "creagen train demo-gan.yaml")
+    fids = [float(m.group(1)) for m in re.finditer(r"^\[\S+\] step (?:10|20|30)/30 .*?\bval_fcd (\S+)", proc.stdout, re.M)]
+    assert len(fids) == 3 and all(math.isfinite(f) and f >= 0 for f in fids), proc.stdout[-2000:]
+    assert fids[-1] < 0.75 * fids[0], f"fcd did not fall: {fids}"  # D's loss is no progress measure for a GAN
+    loaded = load_bundle(run_dir / "bundle")
+    assert_replicas_equal(loaded.metrics)
+    kept = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    assert len(kept) == 2 and all(load_checkpoint(p)["metrics"]["replicas_in_sync"] == 1.0 for p in kept)
+    images = loaded.generate(ImageRequest(n=3, seed=0))
+    side = images.shape[-1]
+    assert images.shape == (3, 1, side, side)
+
+    from creagen_ray.data import prepare_data
+    from creagen_ray.families import build_family
+    from creagen_ray.metrics import feature_net_from_bytes
+    from creagen_ray.training import loop
+
+    monkeypatch.chdir(run_dir.parent.parent)  # where the run was started: its storage_path ./runs
+    cfg = load_config(str(CONFIGS / "demo-gan.yaml"), overrides("demo-gan"))
+    prepared = prepare_data(cfg.data, storage_path=cfg.train.storage_path)  # up to date: the run's folder
+    assert Path(prepared.path).parent == run_dir.parent / "data"
+    cached = list((Path(prepared.path) / "feature_net").glob("*.safetensors"))
+    assert len(cached) == 1, cached
+    saved = feature_net_from_bytes(cached[0].read_bytes())
+    family = build_family(cfg, prepared.spec, device="cpu", total_steps=1)
+    # a cache hit: training it again would fail here
+    monkeypatch.setattr("creagen_ray.metrics.train_feature_net", lambda *a, **k: pytest.fail("FeatureNet trained again"))
+    loop._attach_feature_net(family, str(prepared.path), prepared.spec)
+    assert family.feature_extractor.startswith("creagen FeatureNet classifier (200 steps on ")
+    for k, v in saved.state_dict().items():
+        assert torch.equal(family.feature_net.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="not a FeatureNet"):
+        feature_net_from_bytes(cached[0].read_bytes()[:100])  # a torn file is refused (then retrained)
 
 
 def assert_replicas_equal(metrics: dict) -> None:
