@@ -97,6 +97,9 @@ def trial_rows(result_grid: Any, metric: str, mode: str, dims: list[str], exp_di
         series = history[metric].dropna() if history is not None and metric in history else pd.Series(dtype=float)
         best = (series.min() if mode == "min" else series.max()) if len(series) else None
         status = saved.get(str(trial_id)) or (trial.status if trial is not None else "TERMINATED")
+        # a trial interrupted (Ctrl-C) before its first result has no result.json: Tune's Result then
+        # carries no config, the Trial still does
+        config = r.config or (trial.config if trial is not None else None) or {}
         if r.error is not None:
             status = "ERROR"
         elif status == "TERMINATED" and "total_steps" in m and m.get("step", 0) < m["total_steps"]:
@@ -106,7 +109,7 @@ def trial_rows(result_grid: Any, metric: str, mode: str, dims: list[str], exp_di
                 trial_id=str(trial_id),
                 status=status,
                 error=short_error(r.error),
-                sample={k: r.config.get(k) for k in dims},
+                sample={k: config.get(k) for k in dims},
                 iterations=int(m.get("training_iteration", 0) or 0),
                 step=int(m["step"]) if "step" in m else None,
                 final=_num(m.get(metric)),

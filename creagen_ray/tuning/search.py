@@ -297,7 +297,10 @@ def _write_outputs(
     rows = rank_rows(trial_rows(grid, metric, mode, list(dims), state_dir), mode)
     df = table(rows, metric)
     pq, csv = write_table(df, exp_dir)
-    interrupted = grid.num_terminated + grid.num_errors < expected_trials(cfg, dims)
+    # finished as the saved experiment state says (after Ctrl-C Tune marks the trials it stops TERMINATED
+    # in memory only: with every trial started, the grid's counts would call the search complete)
+    finished = sum(r.status in ("TERMINATED", "STOPPED", "ERROR") for r in rows)
+    interrupted = finished < expected_trials(cfg, dims)
     best_row = rows[0] if rows and rows[0].final is not None and rows[0].status != "ERROR" else None
     best_cfg_path = bundle = None
     if interrupted:  # a best of a partial search is no answer; drop one a previous run left
