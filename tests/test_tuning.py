@@ -94,17 +94,29 @@ def test_invalid_space_is_refused_before_any_trial(storage: Path) -> None:
 
 
 class _InterruptOnce(Callback):
-    """Sends this process SIGUSR1 (what Ctrl-C does to Tune) when the first trial completes.
+    """Sends this process SIGUSR1 (what Ctrl-C does to Tune) once a trial has completed and one has
+    failed, whichever comes last (the failure's error reaches Tune only once its Train run has torn down,
+    which under load can be after the sane trial's end).
 
     Tuner.restore brings the callback back from the experiment state: the class flag keeps it from
     firing a second time.
     """
 
     fired = False
+    completed = errored = False
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if not type(self).fired:
-            type(self).fired = True
+        type(self).completed = True
+        self._fire()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        type(self).errored = True
+        self._fire()
+
+    def _fire(self) -> None:
+        cls = type(self)
+        if cls.completed and cls.errored and not cls.fired:
+            cls.fired = True
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
@@ -125,6 +137,10 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path, pbt_
 
     Two trials run at once, so the interrupt always leaves one unfinished; 3 trials (not 4) keep
     every check (a sane and an absurd lr ranked, a failure, resume) for one fewer Train start-up.
+    The diverging lr is first in the grid: it fails at step 5, beside the sane trial, and the absurd
+    one takes its place; the interrupt comes once one trial has completed and the failure is recorded,
+    so the absurd (or the sane) trial is mid-run: the resume re-runs that one trial only (4 Train runs
+    in all; with the diverging trial last it was started before the interrupt and again after it: 5).
     The interrupt (SIGUSR1) reaches the search in the main thread only: Tune installs its handler
     there, and the PBT search in its thread runs on.
     """
@@ -132,7 +148,7 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path, pbt_
 
     raw = tiny_rnn(storage, "asha", scheduler="asha", grace_period=1, num_samples=1)
     raw["model"] = {"family": "diverging", "nan_at_step": 5, "nan_lr": DIVERGES}
-    raw["optimizer"]["lr"] = {"grid": [SANE, ABSURD, DIVERGES]}
+    raw["optimizer"]["lr"] = {"grid": [DIVERGES, SANE, ABSURD]}  # the failure first: see the docstring
     assert not pbt_search.done(), f"the PBT search ended before this one began: {pbt_search.exception()}"
     t0 = time.perf_counter()
     first = run_search(raw, callbacks=[_InterruptOnce()], verbose=0)
@@ -142,6 +158,7 @@ def test_asha_search_ranks_failures_and_resumes(ray_cluster, storage: Path, pbt_
     done_before = {t for t, s in statuses.items() if s in ("TERMINATED", "STOPPED", "ERROR")}
     # trials not started yet are not in the table of the interrupted search
     assert 1 <= len(done_before) < 3, f"the interrupt should leave trials unfinished: {statuses}"
+    assert dict(zip(first.table["optimizer.lr"], first.table["status"]))[DIVERGES] == "ERROR", statuses  # before the interrupt
     # an interrupted search names no best: no best.yaml / best_bundle from a partial search
     assert first.interrupted and first.best_config_path is None and first.bundle_path is None
     assert not (exp_dir / "best.yaml").exists() and not (exp_dir / "best_bundle").exists()
