@@ -1,13 +1,17 @@
 """Every command exits within 10 s of finishing or of Ctrl-C and leaves no Ray process behind (issue 14,
-defect 6), and `creagen train` survives a Train worker SIGKILLed from outside with the default config.
+defect 6).
 
 One test, three real `creagen` subprocesses started at once (each mostly waits on its own Ray start-up;
 each has its own TMPDIR, so its Ray session and every process of it carry that TMPDIR in their
 environment, and only ours are looked at or killed):
-`creagen train` (40 steps; one RayTrainWorker SIGKILLed once the step-10 checkpoint is registered;
-the clock starts at its `bundle:` line), `creagen serve` on a bundle written in-process (SIGINT once
-it says it serves and /healthz answers) and `creagen demo` (SIGINT once training reports a step;
-exit code 130).
+`creagen train` (20 steps; the clock starts at its `bundle:` line), `creagen serve` on a bundle written
+in-process (SIGINT once it says it serves and /healthz answers) and `creagen demo` (SIGINT once
+training reports a step; exit code 130).
+
+A Train worker SIGKILLed mid-run (the worker group restarts from the last checkpoint: FailureConfig with
+train.max_failures, 3 by default) is checked on the library run tests/test_training.py kills a worker of
+(the same `training.train` that `creagen train` calls), and the default in test_train_reliability.py;
+killing one here too cost a second worker-group start-up of this test's train for no further proof.
 """
 
 from __future__ import annotations
@@ -113,38 +117,27 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_train_serve_demo_exit_within_10s_and_leave_no_ray_behind(tmp_path: Path) -> None:
-    """train (a worker SIGKILLed after step 10): resumes, exits 0 <= 10 s after its bundle line;
-    serve and demo: exit <= 10 s after SIGINT (demo: 130). None leaves a Ray process behind."""
+    """train: exits 0 <= 10 s after its bundle line; serve and demo: exit <= 10 s after SIGINT (demo: 130).
+    None leaves a Ray process behind."""
     bundle = text_bundle(tmp_path / "served" / "bundle", steps=5)  # a real verified bundle, no Ray needed
     with ThreadPoolExecutor(max_workers=3) as pool:
         runs = {name: pool.submit(fn, tmp_path) for name, fn in
-                (("train", train_with_killed_worker), ("serve", lambda p: serve_until_sigint(bundle, p)),
+                (("train", train_until_done), ("serve", lambda p: serve_until_sigint(bundle, p)),
                  ("demo", demo_until_sigint))}
         times = {name: f.result() for name, f in runs.items()}  # each raises its own failure
     print(f"\nseconds to exit: {times}")
     assert all(t <= EXIT_S for t in times.values()), f"seconds to exit (limit {EXIT_S}): {times}"
 
 
-def train_with_killed_worker(tmp_path: Path) -> float:
-    """`creagen train` with the default train.max_failures; one RayTrainWorker of ours SIGKILLed after the
-    first checkpoint is registered: the worker group restarts, resumes from it, and the command exits 0
-    with a bundle within EXIT_S of printing it. Returns the seconds to exit."""
+def train_until_done(tmp_path: Path) -> float:
+    """`creagen train` to its end: exit 0 with a bundle within EXIT_S of printing it. Returns the seconds."""
     import json
 
     train = Command(["train", "jobs/configs/demo-rnn.yaml", "--set=data.max_items=60000", "--set=model.hidden_size=64",
-                     "--set=train.steps=40", "--set=train.checkpoint_every=10", "--set=train.eval_every=20",
+                     "--set=train.steps=20", "--set=train.checkpoint_every=10", "--set=train.eval_every=20",
                      "--set=train.log_every=10", "--set=train.eval_batches=2", f"--set=train.storage_path={tmp_path}",
-                     "--set=train.run_name=killed"], ROOT)
+                     "--set=train.run_name=timed"], ROOT)
     try:
-        train.wait_for("step 10/")  # the step-10 report (it carries the first checkpoint)
-        snapshot = tmp_path / "killed" / "checkpoint_manager_snapshot.json"  # the controller registered it
-        deadline = time.monotonic() + 120
-        while not snapshot.is_file():
-            assert train.proc.poll() is None and time.monotonic() < deadline, f"no checkpoint snapshot:\n{train.output()}"
-            time.sleep(0.2)
-        pids = ray_processes("RayTrainWorker", env=f"TMPDIR={train.tmp}\0")
-        assert pids, f"no RayTrainWorker of ours was found to kill:\n{train.output()}"
-        os.kill(pids[0], signal.SIGKILL)
         t0 = train.wait_for("bundle: ")
         rc, seconds = train.exit_after(t0)
         out = "".join(line for _, line in train.lines)
@@ -154,10 +147,8 @@ def train_with_killed_worker(tmp_path: Path) -> float:
     finally:
         train.cleanup()
     metrics = json.JSONDecoder().raw_decode(out[out.rindex("\n{") + 1 :])[0]  # the JSON `creagen train` prints
-    print(f"\nkilled worker pid {pids[0]} after step 10; the restarted group resumed from step "
-          f"{metrics['start_step']} and finished at step {metrics['step']}")
-    assert metrics["step"] == 40 and metrics["start_step"] >= 10  # resumed from a checkpoint, not from 0
-    assert (tmp_path / "killed" / "bundle" / "manifest.json").is_file()
+    assert metrics["step"] == 20
+    assert (tmp_path / "timed" / "bundle" / "manifest.json").is_file()
     return seconds
 
 

@@ -2,8 +2,8 @@
 
 No Ray cluster here: checkpoints are plain folders read through ray.train.Checkpoint, and the CLI
 errors are raised by real commands that fail before any cluster work. A RayTrainWorker SIGKILLed
-from outside during `creagen train` with the default config (the run resumes and exits 0 with a
-bundle) is checked by tests/test_shutdown.py, on the same run that times the command's exit.
+mid-run (the worker group restarts from the last checkpoint) is checked on a real run by
+tests/test_training.py, through `training.train`, which `creagen train` calls with this default.
 """
 
 from __future__ import annotations
