@@ -16,6 +16,7 @@ killing one here too cost a second worker-group start-up of this test's train fo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -131,8 +132,6 @@ def test_train_serve_demo_exit_within_10s_and_leave_no_ray_behind(tmp_path: Path
 
 def train_until_done(tmp_path: Path) -> float:
     """`creagen train` to its end: exit 0 with a bundle within EXIT_S of printing it. Returns the seconds."""
-    import json
-
     train = Command(["train", "jobs/configs/demo-rnn.yaml", "--set=data.max_items=60000", "--set=model.hidden_size=64",
                      "--set=train.steps=20", "--set=train.checkpoint_every=10", "--set=train.eval_every=20",
                      "--set=train.log_every=10", "--set=train.eval_batches=2", f"--set=train.storage_path={tmp_path}",
@@ -153,7 +152,8 @@ def train_until_done(tmp_path: Path) -> float:
 
 
 def serve_until_sigint(bundle: Path, tmp_path: Path) -> float:
-    """`creagen serve BUNDLE`: SIGINT once it serves and /healthz answers; exit 0 within EXIT_S."""
+    """`creagen serve BUNDLE`: it starts its own Ray on its default data plane on loopback (throughput: the
+    replica reports it); SIGINT once it serves and /healthz answers; exit 0 within EXIT_S."""
     port = free_port()
     serve = Command(["serve", str(bundle), "--port", str(port)], tmp_path)
     try:
@@ -168,6 +168,8 @@ def serve_until_sigint(bundle: Path, tmp_path: Path) -> float:
                 pass
             assert serve.proc.poll() is None and time.monotonic() < deadline, f"serve never answered:\n{serve.output()}"
             time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats", timeout=30) as r:
+            assert json.load(r)["dataplane"] == "throughput"  # the flags were in its Ray's environment
         t0 = time.monotonic()
         serve.proc.send_signal(signal.SIGINT)
         rc, seconds = serve.exit_after(t0)
