@@ -204,6 +204,9 @@ class TrainConfig(Strict):
     sample_metrics: bool = Field(
         False, description="text: score samples for the bundle (LM score, reverse LM, BLEU-4, self-BLEU-4, novelty)"
     )
+    sample_lm_steps: int = Field(
+        300, ge=1, le=100_000, description="training steps of the reference and the reverse char LM of sample_metrics"
+    )
     tracking: Literal["none", "mlflow", "tensorboard"] = Field(
         "none", description="experiment tracking (docs/tracking.md): MLflow runs or TensorBoard event files"
     )

@@ -321,7 +321,7 @@ def train(
         if cfg.train.sample_metrics and prepared.spec.modality == "text":
             from creagen_ray.training.sample_metrics import text_sample_metrics
 
-            metrics.update(text_sample_metrics(family, prepared))
+            metrics.update(text_sample_metrics(family, prepared, lm_steps=cfg.train.sample_lm_steps))
         metrics["quality"] = quality_section(family, metrics, prepared)
         from creagen_ray.memorization import index_files  # the memorization check's n-gram index (text)
 
