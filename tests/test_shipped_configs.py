@@ -311,6 +311,16 @@ def _check(proc: subprocess.CompletedProcess, what: str) -> None:
     assert proc.returncode == 0, f"{what} exited {proc.returncode}\n--- stderr ---\n{proc.stderr[-4000:]}"
 
 
+def trained(shipped_runs: dict, name: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """(the finished `creagen train <name>.yaml` from elsewhere, checked to exit 0; its run folder); skips when deselected."""
+    if f"{name}@elsewhere" not in shipped_runs:
+        pytest.skip(f"{name} was deselected")
+    future, run_dir = shipped_runs[f"{name}@elsewhere"]
+    proc = future.result()
+    _check(proc, f"creagen train {name}.yaml")
+    return proc, run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TRAIN_CONFIGS)
 def test_shipped_config_trains(name: str, shipped_runs) -> None:
@@ -360,11 +370,7 @@ def test_demo_vae_ddp_loss_falls_replicas_equal_png_and_tampered_bundle(shipped_
     from creagen_ray.config import ImageRequest
     from creagen_ray.images import save_png_grid
 
-    if "demo-vae@elsewhere" not in shipped_runs:
-        pytest.skip("demo-vae was deselected")
-    future, run_dir = shipped_runs["demo-vae@elsewhere"]
-    proc = future.result()
-    _check(proc, "creagen train demo-vae.yaml")
+    proc, run_dir = trained(shipped_runs, "demo-vae")
     losses = [float(m.group(1)) for m in re.finditer(r"^\[\S+\] step \d+/30 .*?\bloss (\S+)", proc.stdout, re.M)]
     assert len(losses) >= 2 and losses[-1] < 0.8 * losses[0], f"loss did not fall: {losses}\n{proc.stdout[-2000:]}"
     loaded = load_bundle(run_dir / "bundle")
@@ -393,10 +399,7 @@ def test_text_gan_ddp_bundle_has_val_and_sample_metrics(shipped_runs) -> None:
     from creagen_ray.bundle import load_bundle
     from creagen_ray.config import TextRequest
 
-    if "text-gan@elsewhere" not in shipped_runs:
-        pytest.skip("text-gan was deselected")
-    future, run_dir = shipped_runs["text-gan@elsewhere"]
-    _check(future.result(), "creagen train text-gan.yaml")
+    _, run_dir = trained(shipped_runs, "text-gan")
     loaded = load_bundle(run_dir / "bundle")
     assert_replicas_equal(loaded.metrics)
     assert 0.0 < loaded.metrics["val_js4"] <= 0.7, loaded.metrics  # Jensen-Shannon of 4-gram counts, in nats
@@ -418,11 +421,7 @@ def test_demo_gan_ddp_fcd_falls_replicas_equal_feature_net_cached(shipped_runs, 
     from creagen_ray.config import ImageRequest, load_config
     from creagen_ray.training import load_checkpoint
 
-    if "demo-gan@elsewhere" not in shipped_runs:
-        pytest.skip("demo-gan was deselected")
-    future, run_dir = shipped_runs["demo-gan@elsewhere"]
-    proc = future.result()
-    _check(proc, "creagen train demo-gan.yaml")
+    proc, run_dir = trained(shipped_runs, "demo-gan")
     fids = [float(m.group(1)) for m in re.finditer(r"^\[\S+\] step (?:10|20|30)/30 .*?\bval_fcd (\S+)", proc.stdout, re.M)]
     assert len(fids) == 3 and all(math.isfinite(f) and f >= 0 for f in fids), proc.stdout[-2000:]
     assert fids[-1] < 0.75 * fids[0], f"fcd did not fall: {fids}"  # D's loss is no progress measure for a GAN
