@@ -126,6 +126,37 @@ def test_adaptive_batcher_in_process() -> None:
     assert 20 in asyncio.run(main()).stats["k"].costs
 
 
+def test_batcher_keeps_closed_loop_clients_in_one_cohort() -> None:
+    """Right after a multi-request batch, the first returning request waits for the others; once idle, none waits."""
+    from creagen_ray.serving.batching import Batcher
+    from creagen_ray.serving.settings import BatchSettings
+
+    async def main() -> tuple[dict, dict, int, int]:
+        async def run(key: str, requests: list[int]) -> list[int]:
+            await asyncio.sleep(0.01)
+            return [r * 10 for r in requests]
+
+        async def later(i: int, delay: float) -> int:
+            await asyncio.sleep(delay)
+            return await b.submit("k", i)
+
+        b = Batcher(run, lambda key: BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.3))
+        assert await asyncio.gather(*(b.submit("k", i) for i in range(4))) == [0, 10, 20, 30]  # one batch of 4
+        after_load = dict(b.stats["k"].sizes)
+        # the clients come back 0 and 30 ms after their answers: one batch, not two of one
+        assert await asyncio.gather(later(1, 0.0), later(2, 0.03)) == [10, 20]
+        returned = dict(b.stats["k"].sizes)
+        waited = b.stats["k"].waited
+        await asyncio.sleep(0.35)  # longer than the wait: idle again
+        assert await b.submit("k", 5) == 50
+        return after_load, returned, waited, b.stats["k"].waited
+
+    after_load, returned, waited, idle_waited = asyncio.run(main())
+    assert after_load == {4: 1}
+    assert returned == {4: 1, 2: 1}, returned
+    assert idle_waited == waited  # the lone request after the pause ran without waiting
+
+
 # -- one colocated app ------------------------------------------------------------------------------
 
 

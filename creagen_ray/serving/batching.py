@@ -5,9 +5,12 @@ other request is queued (a latency tax at low load), fails a request whose size 
 `max_batch_size`, and sends a request that does not fit to the back of the queue. `Batcher`:
 
 - one FIFO queue per key (model id + kind) and one batch in flight per key;
-- **adaptive wait**: when a batch starts and nothing else is queued it runs at once; when other
-  requests are already waiting (load), it takes them and waits up to `batch_wait_timeout_s` for
-  more, until the batch is full;
+- **adaptive wait**: when a batch starts and nothing else is queued it runs at once; under load it
+  takes what is queued and waits up to `batch_wait_timeout_s` for more, until the batch is full.
+  Load means requests already waiting, or a previous batch of several requests that ended less
+  than `batch_wait_timeout_s` ago: closed-loop clients answered together come back a few
+  milliseconds apart, and without that memory the first of them would start a batch alone and
+  split the clients into two half-size cohorts that alternate on the model for good;
 - a request's **cost** (its `n`, or `steps`) counts toward `max_batch_size`; a request larger than
   the whole batch runs alone; one that does not fit stays first in line for the next batch;
 - a request whose caller went away (deadline, disconnect) is dropped before it reaches the model.
@@ -50,6 +53,8 @@ class BatchStats:
     costs: Counter = field(default_factory=Counter)  # samples (sum of n) per batch -> batches
     waited: int = 0  # batches that waited for more requests (only ever under load)
     dropped: int = 0  # requests whose caller left before their batch ran
+    last_size: int = 0  # requests in the latest batch
+    last_end: float = float("-inf")  # time.monotonic() when the latest batch was answered
 
 
 class Batcher:
@@ -124,7 +129,9 @@ class Batcher:
         queue = self._queues[key]
         first = queue.popleft()
         batch = [first]
-        loaded = bool(queue)  # someone else is already waiting: gather
+        st = self.stats[key]
+        recent = st.last_size > 1 and time.monotonic() - st.last_end < settings.batch_wait_timeout_s
+        loaded = bool(queue) or recent  # others waiting, or a multi-request batch just answered: gather
         cost = self._take(key, batch, first.cost, settings.max_batch_size)
         if loaded and cost < settings.max_batch_size and settings.batch_wait_timeout_s > 0:
             self.stats[key].waited += 1
@@ -151,6 +158,7 @@ class Batcher:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+            self.stats[key].last_size, self.stats[key].last_end = len(batch), time.monotonic()
 
 
 def cost_of(request: Any) -> int:

@@ -22,7 +22,8 @@ class BatchSettings(Strict):
 
     max_batch_size: int = Field(32, ge=1, le=256, description="samples per model call: a request's n counts n")
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0.0, le=5.0, description="extra wait for a fuller batch, only when requests are already queued"
+        0.02, ge=0.0, le=5.0,
+        description="extra wait for a fuller batch, only under load: requests queued, or a multi-request batch just answered",
     )
 
 
