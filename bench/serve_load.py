@@ -4,7 +4,9 @@
 
 Variants, each in its own process (the data-plane flags must be in the environment before Ray
 starts; creagen_ray/serving/dataplane.py names them):
-  plain                 build_api + LocalBackend under uvicorn, one process, no Ray, no batching
+  plain                 `python -m creagen_ray.serving.plain`: build_api + LocalBackend under uvicorn in
+                        a server process of its own (not sharing the load generator's GIL), 1 torch
+                        thread, no Ray, no batching
   split                 proxy -> ingress -> family replica (Serve multiplexing on the family deployments)
   colocated             proxy -> one deployment holding HTTP, bundles and batching (one hop fewer)
   <topology>+throughput the same on the `throughput` data plane (RAY_SERVE_THROUGHPUT_OPTIMIZED)
@@ -221,14 +223,18 @@ def run_variant(name: str, store: Path, args: argparse.Namespace) -> dict:
     from creagen_ray.serving.settings import ServeConfig
 
     cfg = ServeConfig(bundles=[str(store)])
-    if topology is None:
-        import torch
-
-        from creagen_ray.serving.plain import PlainServer
-
-        torch.set_num_threads(1)
-        with PlainServer(cfg, free_port()) as url:
-            return measure(url, clients, args.seconds, args.streams)
+    if topology is None:  # its own process, like a user's plain server: the clients here do not share its GIL
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "creagen_ray.serving.plain", str(store), "--port", str(port),
+                                   "--threads", "1"], stdout=subprocess.PIPE, text=True)
+        try:
+            line = server.stdout.readline() if server.stdout else ""
+            if not line.startswith("plain server at"):
+                raise RuntimeError(f"the plain server did not start (exit {server.poll()}): {line!r}")
+            return measure(f"http://127.0.0.1:{port}", clients, args.seconds, args.streams)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
     import ray
     from ray import serve

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from PIL import Image
 
 from _serve_bundles import IMAGE_SIZE, TEXT, image_bundle, text_bundle
 from creagen_ray.cli import main
-from creagen_ray.serving.plain import PlainServer
-from creagen_ray.serving.settings import ServeConfig
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +58,26 @@ def test_bad_arguments_and_bundles(bundles: Path, tmp_path: Path, capsys: pytest
     assert "manifest.json is missing" in capsys.readouterr().err
 
 
-def test_url_mode_against_a_server(bundles: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@contextlib.contextmanager
+def plain_server_process(bundles: Path) -> Iterator[str]:
+    """`python -m creagen_ray.serving.plain BUNDLE_OR_DIR --port P` as its docstring shows, run from the bundles'
+    parent folder with a relative path; yields its URL once it says it serves."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with PlainServer(ServeConfig(bundles=[str(bundles)]), port) as url:
+    server = subprocess.Popen([sys.executable, "-m", "creagen_ray.serving.plain", bundles.name, "--port", str(port)],
+                              cwd=bundles.parent, stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        assert line.strip() == f"plain server at http://127.0.0.1:{port}", (line, server.poll())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_url_mode_against_a_server(bundles: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with plain_server_process(bundles) as url:
         out = tmp_path / "remote.png"
         assert main(["generate", "--url", url, "--model", "gan", "--n", "4", "--seed", "2", "--out", str(out)]) == 0
         assert size_of(out) == (2 * (IMAGE_SIZE + 2) + 2,) * 2

@@ -1,7 +1,9 @@
 """The same HTTP API without Ray: FastAPI + uvicorn in one process, models run in-process.
 
-The benchmark's "no Serve" baseline and the `creagen generate --url` tests use it; it shares
-`api.build_api` with the Serve ingress, so both answer the same routes with the same checks.
+`python -m creagen_ray.serving.plain` is the benchmark's "no Serve" baseline (a process of its
+own, as a user would run it) and the server of the `creagen generate --url` test; tests also run
+`PlainServer` in-process. It shares `api.build_api` with the Serve ingress, so both answer the
+same routes with the same checks.
 """
 
 from __future__ import annotations
