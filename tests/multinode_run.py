@@ -86,11 +86,13 @@ def main() -> None:
         head_node_args={
             "num_cpus": 0, "resources": {"head": 1}, "object_store_memory": NODE_MB,
             "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
+            "include_log_monitor": False,  # it streams workers' output to a driver; this one has log_to_driver=False
         },
     )
     try:
         nodes = {
-            name: cluster.add_node(num_cpus=2, resources={"trainer": 1, name: 1}, object_store_memory=NODE_MB)
+            name: cluster.add_node(num_cpus=2, resources={"trainer": 1, name: 1}, object_store_memory=NODE_MB,
+                                   include_log_monitor=False)
             for name in ("node_a", "node_b")
         }
         ray.init(address=cluster.address, log_to_driver=False)
@@ -122,7 +124,8 @@ def main() -> None:
             t_rm = time.perf_counter()
             cluster.remove_node(nodes["node_a"])
             facts["removed_at_s"] = round(t_rm - t0, 1)
-            node_c = cluster.add_node(num_cpus=2, resources={"trainer": 1, "node_c": 1}, object_store_memory=NODE_MB)
+            node_c = cluster.add_node(num_cpus=2, resources={"trainer": 1, "node_c": 1}, object_store_memory=NODE_MB,
+                                      include_log_monitor=False)
             facts["nodes"]["node_c"] = node_c.node_id
         thread.join(timeout=420)
         facts["training_finished"] = not thread.is_alive()
