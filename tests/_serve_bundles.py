@@ -92,3 +92,21 @@ def textgan_bundle(out: Path, steps: int = 20, seq_len: int = 32) -> Path:
     family = build_family(cfg, spec, total_steps=steps, tokenizer=tok)
     train_on_pangram(family, tok, steps, seq_len)
     return write_bundle(family, out, metrics={"loss": 1.0, "steps": steps})
+
+
+@one_torch_thread()
+def toy_bundle(out: Path, steps: int = 40) -> Path:
+    """The test-only "toy" bigram family (tests/toy_family.py, registered by importing it) trained `steps`
+    steps on the pangram; vocab = the pangram's characters."""
+    tok = CharTokenizer.fit(TEXT)
+    cfg = ExperimentConfig(
+        name="toy",
+        data=DataConfig(modality="text", seq_len=32),
+        model={"family": "toy"},
+        optimizer={"name": "adam", "lr": 0.05},
+        train=TrainConfig(steps=steps, batch_size=16),
+    )
+    spec = DataSpec(modality="text", vocab_size=tok.vocab_size, seq_len=32)
+    family = build_family(cfg, spec, total_steps=steps, tokenizer=tok)
+    train_on_pangram(family, tok, steps, seq_len=32)
+    return write_bundle(family, out, metrics={"steps": steps})

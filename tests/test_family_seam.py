@@ -1,8 +1,10 @@
 """The family seam: a family registered from a test module trains, tunes and serves, no other file changed.
 
 `tests/toy_family.py` declares a bigram family ("toy") and registers it at import; nothing in
-creagen_ray names it. One Serve request of a toy bundle trained in-process. Ray Train and Tune on a
-family registered from a test module (tests/faults.py's "diverging", a subclass of the toy): each
+creagen_ray names it. A toy bundle trained in-process learns and loads; Ray Serve serves one (beside the
+package's families, in the app tests/test_serve_scale.py already runs:
+test_family_registered_from_a_test_module_serves; a Serve start of its own here cost about 9 CPU-s).
+Ray Train and Tune on a family registered from a test module (tests/faults.py's "diverging", a subclass of the toy): each
 trial a Ray Train run whose table learns (val_toy_nll < 4.5), ranked on the family's own metric, and
 the best bundle, written by the driver, loads as that family; that is checked by
 tests/test_tuning.py::test_asha_search_ranks_failures_and_resumes (a Train run and a Tune run fewer here).
@@ -10,15 +12,13 @@ tests/test_tuning.py::test_asha_search_ranks_failures_and_resumes (a Train run a
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
 import tests.toy_family  # noqa: F401  (registers "toy" before the session's Ray starts)
-from creagen_ray.config import ConfigError, validate_config
+from creagen_ray.config import ConfigError, TextRequest, validate_config
 from creagen_ray.families import family_class, family_names
 
 
@@ -41,24 +41,13 @@ def test_registered_family_is_in_config_cli_and_serving_settings() -> None:
         ServeConfig(bundles=["x"], families={"tyo": {}})
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_toy_family_learns_and_serves(ray_cluster, tmp_path: Path) -> None:
-    """The toy's table learns in-process, its bundle is written, and Ray Serve (1 request) serves it."""
-    from ray import serve
-
+def test_toy_family_learns_and_writes_a_bundle(tmp_path: Path) -> None:
+    """The toy's table learns in-process and its bundle is written and loads as the toy (no Ray: Serve serves
+    one in tests/test_serve_scale.py::test_family_registered_from_a_test_module_serves)."""
     from _serve_bundles import TEXT, train_on_pangram
     from creagen_ray.bundle import load_bundle, write_bundle
     from creagen_ray.config import DataSpec
     from creagen_ray.families import build_family
-    from creagen_ray.serving.app import build_app
-    from creagen_ray.serving.settings import ServeConfig
     from creagen_ray.tokenizer import CharTokenizer
     from creagen_ray.training.checkpoint import one_torch_thread
 
@@ -75,17 +64,7 @@ def test_toy_family_learns_and_serves(ray_cluster, tmp_path: Path) -> None:
         after = family.evaluate(windows)["val_toy_nll"]
         assert after < before - 1.0, (before, after)  # ln(vocab) at the start: the table learned
         bundle_path = write_bundle(family, tmp_path / "toy" / "bundle", metrics={"val_toy_nll": after})
-    assert load_bundle(bundle_path).family.name == "toy"
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        app = build_app(ServeConfig(bundles=[str(bundle_path)], families={"toy": {"num_cpus": 0.1}}))
-        serve.run(app, name="creagen", route_prefix="/")
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/text/generate", timeout=60,
-                       json={"model": "bundle", "prompt": "d", "max_new_tokens": 12, "seed": 3})
-        assert r.status_code == 200, r.text
-        text = r.json()["texts"][0]
-        assert len(text) == 12 and set(text) <= set(tok.chars)
-    finally:
-        serve.shutdown()
+    bundle = load_bundle(bundle_path)
+    assert bundle.family.name == "toy"
+    text = bundle.generate(TextRequest(prompt="d", max_new_tokens=12, seed=3))[0]
+    assert len(text) == 12 and set(text) <= set(tok.chars)

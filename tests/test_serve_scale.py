@@ -22,7 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from _serve_bundles import image_bundle
+import tests.toy_family  # noqa: F401  (registers "toy" before the session's Ray starts: its replicas serve it)
+from _serve_bundles import TEXT, image_bundle, toy_bundle
 from creagen_ray.bundle import write_bundle
 from creagen_ray.config import DataConfig, DataSpec, ExperimentConfig
 from creagen_ray.families import build_family
@@ -49,11 +50,13 @@ def big_text_bundle(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """big (text, two ids so the deadline test has its own queue) and gan (16x16 images)."""
+    """big (text, two ids so the deadline test has its own queue), gan (16x16 images) and toy (the family
+    registered from tests/toy_family.py, served here for tests/test_family_seam.py)."""
     root = tmp_path_factory.mktemp("scale-store")
     big_text_bundle(root / "big")
     shutil.copytree(root / "big", root / "big2")
     image_bundle(root / "gan", "gan", steps=2)
+    toy_bundle(root / "toy", steps=40)
     return root
 
 
@@ -180,6 +183,20 @@ def url(ray_cluster, store: Path):
     serve.run(build_app(cfg), name="creagen", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+@pytest.mark.slow
+def test_family_registered_from_a_test_module_serves(url: str) -> None:
+    """The family seam (tests/test_family_seam.py) through Ray Serve: the toy bundle, in the same app as the
+    package's families, answers a seeded request of in-vocabulary text (its own Serve start cost about 9 CPU-s)."""
+    models = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=60).json()["models"]}
+    assert models["toy"]["family"] == "toy", models.get("toy")
+    body = {"model": "toy", "prompt": "d", "max_new_tokens": 12, "seed": 3}
+    r = httpx.post(f"{url}/v1/text/generate", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    text = r.json()["texts"][0]
+    assert len(text) == 12 and set(text) <= set(TEXT)
+    assert httpx.post(f"{url}/v1/text/generate", json=body, timeout=60).json()["texts"][0] == text  # seeded
 
 
 def rnn_stats(url: str) -> dict:
