@@ -238,12 +238,14 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
         return creagen(
             ["train", str(ROOT / "jobs/configs/demo-rnn.yaml"), "--set", f"data.source={s3.uri('e2e/corpus/a.txt')}",
              "--set", "data.seq_len=32", "--set", f"train.storage_path={runs}", "--set", "train.run_name=s3run",
+             "--set", "train.num_workers=1",
              "--set", "train.steps=6", "--set", "train.eval_every=3", "--set", "train.checkpoint_every=3",
              "--set", "train.batch_size=16", "--set", "model.hidden_size=32", "--set", "model.embed_dim=16"],
             {**env, "TMPDIR": tmp}, cwd,
         )
 
-    # ... and text from the bucket, trained with 2 DDP workers, everything written to the bucket
+    # ... and text from the bucket, trained on one Train worker, everything written to the bucket (2 DDP
+    # workers with their checkpoints and data in the bucket, on two nodes: tests/test_multinode.py)
     train_run = pool.submit(train_command)
     server = None
     try:
