@@ -33,6 +33,10 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")  # a load
 # poll: every 0.5 s instead of 2 s, so the node goes right after the first registered checkpoint
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray Data 2.60 reads Parquet footers on a pool of actors, 32 by default, started for every streaming read
+# (each worker-group start here): 6-7 of them got a process before the read ended, 10.5-12.6 CPU-s of this
+# test; one reader measured under 2.4 (a few small shards). Every node inherits it (set before Cluster starts)
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pyarrow.fs as pafs  # noqa: E402
