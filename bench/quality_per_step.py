@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/quality_per_step.py vae --steps 1000 --out runs/qps
     .venv/bin/python bench/quality_per_step.py dcgan --steps 1500 --set model.g_channels=64 --out runs/qps
+    .venv/bin/python bench/quality_per_step.py dcgan --steps 4000 --no-reference --seed 1 --score-at 2000,3000
+
+`--score-at` also scores the project at those earlier steps of the same run (one row each, same
+seed and batches: a shorter run with a constant lr follows the same trajectory). `--seed` changes the
+project's init, batches and noise; `--no-reference` skips the reference script.
 
 Timings depend on the machine's load; the scores below do not (seeded, same batches), so this is
 how the shipped configs are tuned on a shared machine. Each side trains `--steps` optimizer steps
@@ -66,7 +71,21 @@ def reference(model: str, steps: int, out: Path) -> dict:
     return {**json.loads((d / "result.json").read_text()), "samples": torch.load(d / "samples.pt")}
 
 
-def project(model: str, raw: dict, images: int, data: dict, seed: int = 0) -> dict:
+def scores(model: str, fam, data: dict) -> dict:
+    """The family's -ELBO (VAE) and 2,000 prior samples, as quality_per_time scores them."""
+    out = {}
+    if model == "vae":
+        ev = data["eval_x"]
+        m = fam.evaluate([{"image": ev[i : i + 500]} for i in range(0, len(ev), 500)])
+        out["neg_elbo"] = m["val_neg_elbo"]
+        out["active_units"] = m["val_active_units"]
+    out["samples"] = torch.cat([fam.sample(500, seed=1000 + i) for i in range(N_SAMPLES // 500)])
+    return out
+
+
+def project(model: str, raw: dict, images: int, data: dict, seed: int = 0, at: tuple[int, ...] = (),
+            on_score=None) -> dict:
+    """Train the config's family on `images` images in this process; scores at the end (and at `at`)."""
     cfg = validate_config(raw)
     rows = cfg.train.num_workers * cfg.train.batch_size
     steps = images // rows
@@ -82,17 +101,12 @@ def project(model: str, raw: dict, images: int, data: dict, seed: int = 0) -> di
         for i in range(0, len(x) - rows + 1, rows):
             fam.train_step({"image": x[perm[i : i + rows]]})
             done += 1
+            if done in at and done < steps and on_score is not None:
+                on_score({"steps": done, "rows_per_step": rows, **scores(model, fam, data)})
             if done >= steps:
                 break
     train_s = time.perf_counter() - t0
-    out = {"steps": steps, "rows_per_step": rows, "train_s": train_s}
-    if model == "vae":
-        ev = data["eval_x"]
-        m = fam.evaluate([{"image": ev[i : i + 500]} for i in range(0, len(ev), 500)])
-        out["neg_elbo"] = m["val_neg_elbo"]
-        out["active_units"] = m["val_active_units"]
-    out["samples"] = torch.cat([fam.sample(500, seed=1000 + i) for i in range(N_SAMPLES // 500)])
-    return out
+    return {"steps": steps, "rows_per_step": rows, "train_s": train_s, **scores(model, fam, data)}
 
 
 def main() -> None:
@@ -102,6 +116,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     p.add_argument("--tag", default="shipped")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="the project's seed (init, batches, noise)")
+    p.add_argument("--score-at", default="", help="comma list of earlier project steps to score too")
+    p.add_argument("--no-reference", action="store_true", help="score the project side only")
     p.add_argument("--judge-steps", type=int, default=400, help="FeatureNet training steps (400 as quality_per_time)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality_per_step")
     args = p.parse_args()
@@ -109,18 +126,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load_mnist()
     judge = train_feature_net(data["train_x"], data["train_y"], num_classes=10, steps=args.judge_steps, seed=0)
-    ref = reference(args.model, args.steps, args.out)
+    ref = None if args.no_reference else reference(args.model, args.steps, args.out)
     images = args.steps * REF_BATCH[args.model]
-    proj = project(args.model, config(args.model, args.set), images, data)
     real = data["eval_x"]
-    row = {"model": args.model, "images": images, "tag": args.tag, "set": args.set, "load": os.getloadavg()[0]}
-    for side, r in (("ref", ref), ("proj", proj)):
-        row[side] = {**{k: v for k, v in r.items() if k != "samples"}, **image_quality(judge, real, r["samples"])}
-    grid = save_grids(f"{args.model}-{args.tag}", ref["samples"], proj["samples"], args.out)
-    row["grid"] = str(grid)
-    print(json.dumps(row, default=str))
-    with open(args.out / "results.jsonl", "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
+
+    def report(proj: dict) -> None:
+        row = {"model": args.model, "images": images, "tag": args.tag, "set": args.set, "seed": args.seed,
+               "load": os.getloadavg()[0]}
+        for side, r in (("ref", ref), ("proj", proj)):
+            if r is not None:
+                row[side] = {**{k: v for k, v in r.items() if k != "samples"}, **image_quality(judge, real, r["samples"])}
+        name = f"{args.model}-{args.tag}-s{args.seed}-{proj['steps']}"
+        row["grid"] = str(save_grids(name, ref["samples"] if ref else proj["samples"], proj["samples"], args.out))
+        print(json.dumps(row, default=str), flush=True)
+        with open(args.out / "results.jsonl", "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+
+    at = tuple(int(s) for s in args.score_at.split(",") if s)
+    report(project(args.model, config(args.model, args.set), images, data, seed=args.seed, at=at, on_score=report))
 
 
 if __name__ == "__main__":
