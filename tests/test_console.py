@@ -59,7 +59,7 @@ def test_every_subcommand_help_has_description_example_and_ranges() -> None:
 def test_verbose_brings_ray_logs_back(tmp_path: Path) -> None:
     """`creagen prepare ... --verbose` (a cheap Ray command) shows Ray's own lines again.
 
-    The quiet default console of `creagen train` beside another Ray is checked on the shipped demo-rnn
+    The quiet default console of `creagen train` beside another Ray is checked on the shipped sentence-vae
     run: tests/test_shipped_configs.py::test_train_console_is_quiet_beside_another_ray."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_DEDUP_LOGS", "RAY_ADDRESS")}
     env["RAY_raylet_start_wait_time_s"] = "120"  # a loaded 2-core machine: Ray's node start-up may take long

@@ -10,12 +10,12 @@ outputs under that directory (no Ray: training every config from both places too
 2-core machine). This is the test that was missing when the headline command crashed: relative
 paths reached Ray Train workers, which run in another working directory.
 
-Where the commands run (STANDALONE): `demo-rnn.yaml` starts its own private local Ray, as on a
+Where the commands run (STANDALONE): `sentence-vae.yaml` starts its own private local Ray, as on a
 machine with no cluster running (the same `creagen train` path the README's headline
 `rnn-shakespeare.yaml` takes there; one private start proves it, a second cost ~9 CPU-seconds); every
 other command joins one `ray start --head` cluster that this module starts (RAY_ADDRESS, as a user
 with a cluster runs them; its workers run in another directory too), which saves each a Ray
-start. Three commands run at a time. The demo-rnn run doubles as the console check: its default
+start. Three commands run at a time. The sentence-vae run doubles as the console check: its default
 console shows progress and the bundle line and none of Ray's noise while that other Ray runs on
 the machine. demo-vae trains with its own 2 DDP workers (the others with one) and carries the DDP
 checks of an image family: loss falls, replicas equal, a PNG grid, a tampered bundle refused. demo-gan
@@ -24,11 +24,13 @@ bundle generates, its FeatureNet is cached next to the data (a separate Train ru
 tests/test_training.py did this before, ~40 CPU-seconds). text-gan
 trains on its shipped 2 DDP workers too: replicas equal, its validation and sample metrics in the bundle
 (the text GAN on Serve: tests/test_serve.py).
-The README's Ray Job (`ray job submit --working-dir . -- python jobs/train.py
-jobs/configs/demo-rnn.yaml`, storage in a moto S3 bucket) runs on the same head, whose dashboard is
-on for Ray's job server: one cluster start for all of them. Configs that read ../shared/data skip when
-it is absent. The search configs validate (their paths
-resolved); demo-tune.yaml also runs a tiny search from another directory.
+`demo-rnn.yaml` trains as the README's Ray Job (`ray job submit --working-dir . -- python jobs/train.py
+jobs/configs/demo-rnn.yaml`, which is `creagen train` inside the job, from the repository root, storage in
+a moto S3 bucket): that one run is both its shipped-config check (the same overrides, a verified bundle,
+fetched from the bucket) and the Job's (a separate `creagen train` of the same file cost one more Train
+run, ~30 CPU-seconds). It runs on the same head, whose dashboard is on for Ray's job server: one cluster
+start for all of them. Configs that read ../shared/data skip when it is absent. The search configs
+validate (their paths resolved); demo-tune.yaml also runs a one-trial search from another directory.
 """
 
 from __future__ import annotations
@@ -63,10 +65,13 @@ TUNE_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*-tune.yaml"))
 # prepared data folder (same data section) train in the same place, so the folder is prepared once
 # and the image configs share its cached FeatureNet: the MNIST ones (and the README's headline
 # rnn-shakespeare) from the root, the embedded-data demos from elsewhere.
-ROOT_CONFIGS = {"rnn-shakespeare", "dcgan-mnist", "vae-mnist", "wgan-gp-mnist"}
+# The Ray Job (JOB_CONFIG) is submitted from the root too.
+ROOT_CONFIGS = {"rnn-shakespeare", "dcgan-mnist", "vae-mnist", "wgan-gp-mnist", "demo-rnn"}
 WHERE = {name: "root" if name in ROOT_CONFIGS else "elsewhere" for name in TRAIN_CONFIGS}
 # these start their own private Ray (as on a machine with no cluster); the rest join the module's cluster
-STANDALONE = {"demo-rnn"}
+STANDALONE = {"sentence-vae"}
+# trained by the README's Ray Job (submit_job), not by a `creagen train` of its own
+JOB_CONFIG = "demo-rnn"
 # a handful of steps on one worker; every config's own data, model and storage_path stay as shipped
 FEW_STEPS = [
     "train.num_workers=1", "train.steps=4", "train.epochs=null", "train.eval_every=2", "train.eval_batches=2",
@@ -82,7 +87,7 @@ STEPS = {"demo-vae": 30, "demo-gan": 30}
 # after another in one chain, so the data is prepared once and the image configs' FeatureNet is
 # trained once (cached next to the data; the VAE's val_prior_fcd uses it too)
 CHAINS = [["dcgan-mnist", "wgan-gp-mnist", "vae-mnist"], ["text-gan"], ["rnn-shakespeare"], ["demo-gan", "demo-vae"],
-          ["demo-rnn", "sentence-vae"], ["demo-tune"], ["job"]]
+          ["sentence-vae"], ["job"], ["demo-tune"]]
 RUN_TIMEOUT_S = 600
 
 
@@ -232,14 +237,13 @@ def wait_http(url: str, timeout: float) -> None:
         time.sleep(1.0)
 
 
-# the README's Ray Job, small: demo-rnn.yaml into the S3 bucket
-JOB_SET = ["data.max_items=30000", "model.hidden_size=32", "model.embed_dim=16", "train.steps=10",
-           "train.eval_every=5", "train.log_every=5", "train.checkpoint_every=10", "train.run_name=job-test"]
+# the README's Ray Job: demo-rnn.yaml into the S3 bucket, with the shipped-config check's overrides
+JOB_SET = [*(f"{k}={v}" for k, v in dict(o.split("=", 1) for o in FEW_STEPS).items()), "train.run_name=job-test"]
 
 
 def submit_job(dashboard: str, storage: str) -> subprocess.CompletedProcess:
     """`ray job submit --address <dashboard> --working-dir . -- python jobs/train.py jobs/configs/demo-rnn.yaml
-    --set train.storage_path=<storage> ...` from the repository root, from a shell holding no credentials."""
+    --set train.storage_path=<storage> ...` (FEW_STEPS) from the repository root, from a shell holding no credentials."""
     wait_http(f"{dashboard}/api/version", timeout=120)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.pop("RAY_ADDRESS", None)
@@ -264,7 +268,7 @@ def shipped_runs(tmp_path_factory, request, config_shows, ray_head, s3_server):
     wanted = selected(request, "test_shipped_config_trains")
     jobs: dict[str, tuple[Future, Callable[[], subprocess.CompletedProcess]]] = {}
     for name in TRAIN_CONFIGS:
-        if missing_inputs(name):
+        if missing_inputs(name) or name == JOB_CONFIG:
             continue
         for where, cwd in (("root", ROOT), ("elsewhere", elsewhere)):
             if (name, where) not in wanted:
@@ -277,20 +281,23 @@ def shipped_runs(tmp_path_factory, request, config_shows, ray_head, s3_server):
             future: Future = Future()
             futures[f"{name}@{where}"] = (future, run_dir)
             standalone = name in STANDALONE
-            jobs[name] = (future, functools.partial(run, args, cwd, None if standalone else address, name == "demo-rnn"))
+            jobs[name] = (future, functools.partial(run, args, cwd, None if standalone else address, standalone))
     if any(getattr(i, "originalname", None) == "test_demo_tune_runs_from_elsewhere" for i in request.session.items):
         search_dir = tmp_path_factory.mktemp("search")
         tune_args = [
-            "tune", os.path.relpath(CONFIGS / "demo-tune.yaml", search_dir), "--set=tune.num_samples=2",
+            "tune", os.path.relpath(CONFIGS / "demo-tune.yaml", search_dir), "--set=tune.num_samples=1",
             "--set=train.steps=4", "--set=train.eval_every=2", "--set=train.checkpoint_every=2", "--set=train.log_every=2",
         ]
         future = Future()
         futures["demo-tune@elsewhere"] = (future, search_dir / "runs")
         jobs["demo-tune"] = (future, functools.partial(run, tune_args, search_dir, address))
-    if any(getattr(i, "originalname", None) == "test_train_job_succeeds" for i in request.session.items):
+    if any(getattr(i, "originalname", None) == "test_train_job_succeeds" for i in request.session.items) or (
+        (JOB_CONFIG, WHERE[JOB_CONFIG]) in wanted
+    ):
         storage = s3_server.uri("jobs/runs")
         future = Future()
         futures["job"] = (future, storage)
+        futures[f"{JOB_CONFIG}@{WHERE[JOB_CONFIG]}"] = (future, storage + "/job-test")  # the same run
         jobs["job"] = (future, functools.partial(submit_job, dashboard, storage))
     chains = [[(n, *jobs.pop(n)) for n in chain if n in jobs] for chain in CHAINS]
     chains += [[(n, *job)] for n, job in jobs.items()]  # a config CHAINS does not name yet
@@ -323,8 +330,9 @@ def trained(shipped_runs: dict, name: str) -> tuple[subprocess.CompletedProcess,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TRAIN_CONFIGS)
-def test_shipped_config_trains(name: str, shipped_runs) -> None:
-    """`creagen train jobs/configs/<name>.yaml --set train.steps=4 ...` exits 0 and leaves a verified bundle."""
+def test_shipped_config_trains(name: str, shipped_runs, request) -> None:
+    """`creagen train jobs/configs/<name>.yaml --set train.steps=4 ...` exits 0 and leaves a verified bundle
+    (demo-rnn.yaml: as the README's Ray Job, `creagen train` inside the job, its bundle in the S3 bucket)."""
     where = WHERE[name]
     if f"{name}@{where}" not in shipped_runs:
         pytest.skip(f"{name}.yaml reads {missing_inputs(name)}, absent on this machine")
@@ -333,21 +341,28 @@ def test_shipped_config_trains(name: str, shipped_runs) -> None:
     future, run_dir = shipped_runs[f"{name}@{where}"]
     proc = future.result()
     _check(proc, f"creagen train {name}.yaml from {where}")
-    bundle = run_dir / "bundle"
-    assert f"bundle: {bundle}" in proc.stdout, proc.stdout[-2000:]
-    loaded = load_bundle(bundle)  # verifies every file's sha256
+    if name == JOB_CONFIG:  # run_dir: s3://<bucket>/jobs/runs/job-test
+        s3 = request.getfixturevalue("s3")  # the credentials in this process, to fetch the bundle
+        assert f"bundle: {run_dir}/bundle" in proc.stdout, proc.stdout[-2000:]
+        loaded = load_bundle(f"{run_dir}/bundle")  # fetched, then every file's sha256 verified
+        assert s3.keys("jobs/runs/data/"), "prepared data belongs under the config's storage_path"
+    else:
+        bundle = run_dir / "bundle"
+        assert f"bundle: {bundle}" in proc.stdout, proc.stdout[-2000:]
+        loaded = load_bundle(bundle)  # verifies every file's sha256
+        assert (run_dir.parent / "data").is_dir(), "prepared data belongs under the config's storage_path"
     assert loaded.metrics["step"] == STEPS.get(name, 4)
-    assert (run_dir.parent / "data").is_dir(), "prepared data belongs under the config's storage_path"
 
 
 @pytest.mark.slow
 def test_train_console_is_quiet_beside_another_ray(shipped_runs, ray_head) -> None:
-    """Default console of `creagen train jobs/configs/demo-rnn.yaml` (its own private Ray, Ray's token auth
+    """Default console of `creagen train jobs/configs/sentence-vae.yaml` (its own private Ray, Ray's token auth
     on, while this module's `ray start --head` runs on the machine): progress + bundle line, none of Ray's
     noise. (`--verbose` bringing Ray's lines back: tests/test_console.py.)"""
-    if "demo-rnn@elsewhere" not in shipped_runs:
-        pytest.skip("demo-rnn was deselected")
-    future, run_dir = shipped_runs["demo-rnn@elsewhere"]
+    (name,) = STANDALONE
+    if f"{name}@elsewhere" not in shipped_runs:
+        pytest.skip(f"{name} was deselected")
+    future, run_dir = shipped_runs[f"{name}@elsewhere"]
     proc = future.result()
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -482,7 +497,8 @@ def test_shipped_config_resolves_from_the_other_place(name: str, config_shows) -
 
 @pytest.mark.slow
 def test_demo_tune_runs_from_elsewhere(shipped_runs) -> None:
-    """`creagen tune jobs/configs/demo-tune.yaml` (2 tiny trials) from another directory writes best.yaml."""
+    """`creagen tune jobs/configs/demo-tune.yaml` (one tiny trial: the search itself, ASHA and PBT with several
+    trials, is tests/test_tuning.py's) from another directory writes best.yaml and the best bundle."""
     future, runs = shipped_runs["demo-tune@elsewhere"]
     proc = future.result()
     _check(proc, "creagen tune demo-tune.yaml")
@@ -495,7 +511,7 @@ def test_train_job_succeeds(shipped_runs, s3_server) -> None:
     """The README's command as a user runs it from the repo root: `ray job submit --working-dir . -- python
     jobs/train.py jobs/configs/demo-rnn.yaml --set train.storage_path=s3://...` (on this module's head, beside
     the other commands) waits for the job, exits 0, and its log prints the bundle's URI; the bundle and
-    checkpoints are in the bucket."""
+    checkpoints are in the bucket. (The same run is demo-rnn.yaml's test_shipped_config_trains.)"""
     future, storage = shipped_runs["job"]
     r = future.result()
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-2000:])
