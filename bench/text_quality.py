@@ -16,11 +16,17 @@ shakespeare: ../shared/data/tinyshakespeare/input.txt (nanoGPT's split, last 10%
 windows (about one verse line each). Both: 32-char windows, held-out windows as the "sentences".
 
 Every bundle must be trained on the same corpus (the first bundle's prepared data is used: its
-train split for the reference LM and novelty, its validation windows as held-out "sentences").
-Rows: real held-out windows (the reference), then each bundle's unconditional samples (temperature
-1, seeds 0..n-1, one window of data.seq_len chars each). Columns (creagen_ray.metrics.text):
-LM score and reverse LM score (nats/char, lower is better), BLEU-4 vs held-out and self-BLEU-4,
-8-gram novelty vs the training text (closest to the real row is best, higher is not better).
+whole train split for the reference LM and novelty, its validation windows as held-out "sentences").
+Rows: real held-out windows (the reference), then each bundle's unconditional samples (--temperature,
+default 1, the same for every row; seeds 0..n-1, one window of data.seq_len chars each), and for
+each distinct sentence VAE (the VAE row's, which --train's latent GAN reuses) "decoding held-out
+codes": its decoder on the posterior means of the real held-out windows, i.e. what a latent GAN
+that matched the real codes exactly would write with this decoder.
+Columns (creagen_ray.metrics.text): LM score and its standard error over the samples, reverse LM
+score (nats/char, lower is better), BLEU-4 vs held-out and self-BLEU-4, 8-gram novelty vs the
+training text (closest to the real row is best, higher is not better). Each sentence VAE's latent
+use is printed too: held-out nats/char teacher-forced under each window's own code, under another
+window's code and under z = 0, and its KL in nats (own << other: the decoder reads the latent).
 Log `uptime` beside the numbers: they are CPU-time bound and the table says how long it took.
 """
 
@@ -36,6 +42,8 @@ from typing import Any
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
+
+import numpy as np  # noqa: E402
 
 from creagen_ray.bundle import load_bundle  # noqa: E402
 from creagen_ray.config import TextRequest  # noqa: E402
@@ -99,6 +107,65 @@ def train_here(prepared: Any, data: dict, steps: int, gan_steps: int, char_gan: 
     return out
 
 
+def sentence_vae(fam: Any) -> Any:
+    """The sentence VAE behind a generator (a sentence VAE, or a latent text GAN's), else None."""
+    vae = getattr(fam, "vae", None) if getattr(fam, "approach", None) == "latent" else fam
+    return vae if getattr(vae, "arch", None) == "sentence" else None
+
+
+def same_weights(a: Any, b: Any) -> bool:
+    """Whether two VAE families hold equal weights (--train: the GAN's VAE is a copy of the VAE row's)."""
+    import torch
+
+    sa, sb = a.raw("vae").state_dict(), b.raw("vae").state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def heldout_tokens(prepared: Any, n: int) -> Any:
+    """The "real held-out" row's n windows as tokens [n, seq_len + 1] (split_texts' choice of 2n, first half)."""
+    import torch
+
+    tokens = prepared.read_numpy("val", ["tokens"])["tokens"]
+    pick = np.linspace(0, len(tokens) - 1, min(2 * n, len(tokens))).astype(int)[:n]
+    return torch.from_numpy(tokens[pick]).long()
+
+
+def decode_heldout_codes(vae: Any, prepared: Any, n: int, temperature: float) -> list[str]:
+    """The VAE's decoder on the posterior means of the real held-out windows (sample i from seed i).
+
+    What a latent GAN that matched the held-out codes exactly would write with this decoder.
+    """
+    import torch
+
+    from creagen_ray.families.base import seeded_generator
+
+    vae.train(False)
+    with torch.no_grad():
+        mu, _ = vae.raw("vae").encode(heldout_tokens(prepared, n).to(vae.device))  # [n, Z]
+    req = TextRequest(n=1, seed=0, max_new_tokens=int(prepared.spec.seq_len), temperature=temperature)
+    return [vae.decode_text(mu[i : i + 1].cpu(), req, seeded_generator(i))[0] for i in range(n)]
+
+
+def latent_use_report(vae: Any, prepared: Any, n: int) -> dict[str, float]:
+    """How much the decoder uses z: held-out nats/char given each window's own code, another window's, the prior's mean."""
+    import torch
+    import torch.nn.functional as F
+
+    vae.train(False)
+    m = vae.raw("vae")
+    tokens = heldout_tokens(prepared, n).to(vae.device)  # [n, T+1]
+    with torch.no_grad():
+        mu, logvar = m.encode(tokens)
+        inputs = torch.cat([torch.full_like(tokens[:, :1], m.bos_id), tokens[:, :-1]], dim=1)
+
+        def nats(z: Any) -> float:
+            return round(F.cross_entropy(m.decode(inputs, z)[0].flatten(0, 1).float(), tokens.flatten()).item(), 3)
+
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean().item()
+        return {"own_code": nats(mu), "other_code": nats(mu.roll(1, 0)), "zero_code": nats(torch.zeros_like(mu)),
+                "kl_nats": round(kl, 2)}
+
+
 def main() -> None:
     """Print a markdown table (and JSON) of sample metrics for the real held-out text and each bundle."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -107,10 +174,12 @@ def main() -> None:
     p.add_argument("--gan-steps", type=int, default=1000, help="--train: latent-GAN steps after its VAE's")
     p.add_argument("--char-gan", action="store_true", help="--train: also the char-level text GAN")
     p.add_argument("--free-bits", type=float, help=f"--train: the sentence VAE's free bits per latent (default {SENTENCE_VAE['free_bits']})")
+    p.add_argument("--gan-lr", type=float, help=f"--train: the latent GAN's G and D Adam lr (default {GAN_OPT['lr']})")
     p.add_argument("--corpus", choices=sorted(CORPORA), default="python-docs", help="--train: the text")
     p.add_argument("--source", help="--train: the corpus's text file (default for shakespeare: ../shared/data/...)")
     p.add_argument("--n", type=int, default=128, help="samples per generator (and held-out windows)")
     p.add_argument("--lm-steps", type=int, default=600, help="training steps of the reference and reverse LMs")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every generator row")
     p.add_argument("--storage", default="./runs", help="where the bundles' prepared data lives")
     p.add_argument("--prepared", help="an already prepared data folder to use (instead of preparing --corpus)")
     args = p.parse_args()
@@ -141,33 +210,50 @@ def main() -> None:
         finally:
             ray.shutdown()
     families = {k: b.family for k, b in bundles.items()}
+    latent_use: dict[str, dict[str, float]] = {}
     if args.train and args.free_bits is not None:  # the VAE row and the latent GAN's VAE alike
         for model, _ in TRAINED.values():
             if model["family"] == "vae":
                 model["free_bits"] = args.free_bits
             if "vae" in model:
                 model["vae"] = {**model["vae"], "free_bits": args.free_bits}
+    if args.train and args.gan_lr is not None:
+        model, opt = TRAINED["text GAN (latent)"]
+        TRAINED["text GAN (latent)"] = (model, {**opt, "lr": args.gan_lr})
     if args.train:
         families.update(train_here(prepared, data.model_dump(mode="json"), args.train, args.gan_steps, args.char_gan))
     length = int(prepared.spec.seq_len)
-    train = "".join(split_texts(prepared, "train", 20000))
+    train_windows = prepared.read_numpy("train", ["tokens"])["tokens"]
+    train = "".join(split_texts(prepared, "train", len(train_windows)))  # the whole train split (novelty8, LM)
     heldout = split_texts(prepared, "val", 2 * args.n)
     real, refs = heldout[: args.n], heldout[args.n :]
     rows = {"real held-out": real}
+    seen: list[Any] = []  # sentence VAEs (one row each, however many generators share its weights)
     for label, fam in families.items():
-        reqs = [TextRequest(n=1, seed=i, max_new_tokens=length) for i in range(args.n)]
+        reqs = [TextRequest(n=1, seed=i, max_new_tokens=length, temperature=args.temperature) for i in range(args.n)]
         rows[label] = [t[0] for t in fam.generate_many(reqs)]
+        vae = sentence_vae(fam)
+        if vae is not None and not any(same_weights(vae, v) for v in seen):
+            seen.append(vae)
+            rows[f"{label.split(' (')[0]} decoding held-out codes"] = decode_heldout_codes(vae, prepared, args.n, args.temperature)
+            latent_use[label] = latent_use_report(vae, prepared, args.n)
     vocab = sorted(set(train).union(*[c for r in rows.values() for c in r], *refs))
     lm = CharLM.fit(train, vocab, steps=args.lm_steps)
     table = {k: sample_report(v, train, refs, lm, reverse_steps=args.lm_steps) for k, v in rows.items()}
-    cols = ["lm_score", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
+    for k, v in rows.items():  # the LM score's standard error over samples (each sample is one window)
+        per = np.array([lm.nats_per_char([t]) for t in v if len(t) > 1])
+        table[k]["lm_se"] = float(per.std(ddof=1) / len(per) ** 0.5)
+    cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
     print("| samples | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for k, m in table.items():
         print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
     for k, v in rows.items():
         print(f"{k} sample: {v[0]!r}")
+    for k, v in latent_use.items():
+        print(f"{k} latent use (held-out, nats/char): {v}")
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
-                      "train_steps": args.train, "gan_steps": args.gan_steps, "free_bits": args.free_bits, "corpus": args.corpus,
+                      "train_steps": args.train, "gan_steps": args.gan_steps,
+                      "temperature": args.temperature, "free_bits": args.free_bits, "gan_lr": args.gan_lr, "corpus": args.corpus,
                       "uptime": os.popen("uptime").read().strip()}))
 
 
