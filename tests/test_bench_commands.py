@@ -4,6 +4,7 @@ says it prints. Benchmarks are not timed tests: nothing here asserts a speed or 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -47,3 +48,42 @@ def test_serve_load_plain_variant_prints_its_table_row(tmp_path):
     assert [ln for ln in lines[head + 3:] if ln.strip()] == ["targets (vs plain):"]
     store = [p for p in tmp_path.iterdir() if p.name.startswith("creagen-bench-")]
     assert len(store) == 1 and json.loads((store[0] / "plain.json").read_text())["text/2"]["err"] == 0
+
+
+@pytest.mark.slow
+def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
+    """bench/text_quality.py --train with tiny settings on a folder prepared beforehand (--prepared: the script
+    then starts no Ray of its own; the folder is prepared here on the session cluster from a 20,000-char slice of
+    builtin:python-docs, the default corpus): every generator row, the table, the latent-use line and the JSON."""
+    from creagen_ray.config import DataConfig
+    from creagen_ray.data import prepare_data
+    from creagen_ray.data.builtin import python_docs_text
+
+    (tmp_path / "docs.txt").write_text(python_docs_text()[:20_000])
+    prepared = prepare_data(DataConfig(source=str(tmp_path / "docs.txt"), seq_len=32), str(tmp_path / "store"))
+    out = run_bench(["bench/text_quality.py", "--train", "2", "--gan-steps", "2", "--char-gan", "--n", "4",
+                     "--lm-steps", "2", "--prepared", str(prepared.path)], tmp_path)
+    lines = out.splitlines()
+    cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
+    head = lines.index("| samples | " + " | ".join(cols) + " |")
+    rows = {}
+    for ln in lines[head + 2:]:
+        if not ln.startswith("| "):
+            break
+        label, *cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[label] = dict(zip(cols, map(float, cells), strict=True))
+    # the latent GAN decodes with a copy of the VAE row's weights: one "decoding held-out codes" row for both
+    assert list(rows) == ["real held-out", "char RNN", "sentence VAE (prior)", "sentence VAE decoding held-out codes",
+                          "text GAN (latent)", "text GAN (char)"]
+    for label, m in rows.items():
+        assert m["lm_score"] > 0 and m["reverse_lm_score"] > 0 and m["lm_se"] >= 0, (label, m)
+        assert 0 <= m["bleu4"] <= 1 and 0 <= m["self_bleu4"] <= 1 and 0 <= m["novelty8"] <= 1, (label, m)
+    for label in ("char RNN", "sentence VAE (prior)", "text GAN (latent)", "text GAN (char)"):
+        assert re.search(rf"^{re.escape(label)}: \d+ steps in \d+ s, last \{{", out, re.M), label
+    for label in rows:
+        assert any(ln.startswith(f"{label} sample: '") for ln in lines), label
+    use = re.search(r"^sentence VAE \(prior\) latent use \(held-out, nats/char\): (\{.*\})$", out, re.M)
+    assert use and set(ast.literal_eval(use.group(1))) == {"own_code", "other_code", "zero_code", "kl_nats"}
+    record = json.loads(lines[-1])
+    assert (record["n"], record["lm_steps"], record["train_steps"], record["gan_steps"]) == (4, 2, 2, 2)
+    assert "load average" in record["uptime"] and record["seconds"] > 0
