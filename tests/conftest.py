@@ -23,6 +23,9 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # one more actor process (about 2 s of CPU) per worker group for nothing. creagen's own private runtimes turn
 # it off themselves (console.private_runtime_env); this covers the clusters tests start (`ray start`, Cluster).
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# ray.data.read_parquet lists a dataset's files on a pool of FooterReader actors (up to 32 asked for; on 2 CPUs two
+# start per read, ~2.6 CPU-s each, killed after the listing): the few shards of a test dataset need one.
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
