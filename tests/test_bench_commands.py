@@ -54,15 +54,23 @@ def test_serve_load_plain_variant_prints_its_table_row(tmp_path):
 def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     """bench/text_quality.py --train with tiny settings on a folder prepared beforehand (--prepared: the script
     then starts no Ray of its own; the folder is prepared here on the session cluster from a 20,000-char slice of
-    builtin:python-docs, the default corpus): every generator row, the table, the latent-use line and the JSON."""
+    builtin:python-docs, the default corpus), with one bundle argument: every generator row, the table, the latent-use line and the JSON."""
     from creagen_ray.config import DataConfig
     from creagen_ray.data import prepare_data
     from creagen_ray.data.builtin import python_docs_text
 
     (tmp_path / "docs.txt").write_text(python_docs_text()[:20_000])
     prepared = prepare_data(DataConfig(source=str(tmp_path / "docs.txt"), seq_len=32), str(tmp_path / "store"))
-    out = run_bench(["bench/text_quality.py", "--train", "2", "--gan-steps", "2", "--char-gan", "--n", "4",
-                     "--lm-steps", "2", "--prepared", str(prepared.path)], tmp_path)
+    # a bundle argument too (label=bundle_dir, the docstring's first form): an untrained char RNN on this data
+    from creagen_ray.bundle import write_bundle
+    from creagen_ray.config import ExperimentConfig
+    from creagen_ray.families import build_family
+
+    cfg = ExperimentConfig(data=DataConfig(source=str(tmp_path / "docs.txt"), seq_len=32),
+                           model={"family": "rnn", "hidden_size": 32, "num_layers": 1})
+    write_bundle(build_family(cfg, prepared.spec, tokenizer=prepared.tokenizer), tmp_path / "rnn-bundle")
+    out = run_bench(["bench/text_quality.py", f"mine={tmp_path / 'rnn-bundle'}", "--train", "2", "--gan-steps", "2",
+                     "--char-gan", "--n", "4", "--lm-steps", "2", "--prepared", str(prepared.path)], tmp_path)
     lines = out.splitlines()
     cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
     head = lines.index("| samples | " + " | ".join(cols) + " |")
@@ -73,7 +81,7 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
         label, *cells = [c.strip() for c in ln.strip("|").split("|")]
         rows[label] = dict(zip(cols, map(float, cells), strict=True))
     # the latent GAN decodes with a copy of the VAE row's weights: one "decoding held-out codes" row for both
-    assert list(rows) == ["real held-out", "char RNN", "sentence VAE (prior)", "sentence VAE decoding held-out codes",
+    assert list(rows) == ["real held-out", "mine", "char RNN", "sentence VAE (prior)", "sentence VAE decoding held-out codes",
                           "text GAN (latent)", "text GAN (char)"]
     for label, m in rows.items():
         assert m["lm_score"] > 0 and m["reverse_lm_score"] > 0 and m["lm_se"] >= 0, (label, m)
