@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="opt-in: append every request and output, UNREDACTED, as JSON lines to FILE (off by default)")
     p.add_argument("--dataplane", choices=list(DATAPLANE_FLAGS), default=None,
                    help="Ray Serve data plane when creagen serve starts Ray itself (creagen_ray/serving/dataplane.py); "
-                   "default: throughput on a loopback --host, haproxy (binds every interface) otherwise; "
+                   "default: haproxy (its stats and metrics listeners get free ports); "
                    "a running cluster keeps the flags its nodes started with")
     p.set_defaults(func=cmd_serve)
 

@@ -63,7 +63,7 @@ def test_cluster_yaml_starts_every_node_on_the_cluster_data_plane() -> None:
     creagen_ray/serving/dataplane.py names for clusters (one source of truth, quoted for the shell)."""
     import shlex
 
-    from creagen_ray.serving.dataplane import CLUSTER_DEFAULT, dataplane_env
+    from creagen_ray.serving.dataplane import DEFAULT, dataplane_env
 
     cfg = load()
     starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
@@ -71,4 +71,4 @@ def test_cluster_yaml_starts_every_node_on_the_cluster_data_plane() -> None:
     for line in starts:
         words = shlex.split(line.split(";")[-1])  # after `ulimit ...;`: VAR=value ... ray start ...
         env = dict(w.split("=", 1) for w in words[: next(i for i, w in enumerate(words) if "=" not in w)])
-        assert {k: env.get(k) for k in dataplane_env(CLUSTER_DEFAULT)} == dataplane_env(CLUSTER_DEFAULT), line
+        assert {k: env.get(k) for k in dataplane_env(DEFAULT)} == dataplane_env(DEFAULT), line

@@ -75,18 +75,22 @@ def test_cli_string_args_and_builder(store: Path) -> None:
 
 
 def test_dataplane_names_their_flags(capsys: pytest.CaptureFixture) -> None:
-    """Each data plane's flags are what a replica reports back; the default follows the host;
-    `creagen serve --dataplane` takes only those names."""
+    """Each data plane's flags are what a replica reports back; a private haproxy runtime gets free stats and
+    metrics ports unless the operator set them; `creagen serve --dataplane` takes only those names."""
     from creagen_ray.cli import build_parser
-    from creagen_ray.serving.dataplane import FLAGS, current_dataplane, dataplane_env, default_dataplane
+    from creagen_ray.serving.dataplane import FLAGS, HAPROXY_SIDE_PORTS, current_dataplane, dataplane_env, private_dataplane_env
 
     assert {name: current_dataplane(dataplane_env(name)) for name in FLAGS} == {name: name for name in FLAGS}
     assert current_dataplane({"RAY_SERVE_ENABLE_HA_PROXY": "1"}) == "python"  # HAProxy alone is not a creagen data plane
     assert current_dataplane({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}) == "python"
-    assert [default_dataplane(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "10.0.0.5")] == [
-        "throughput", "throughput", "throughput", "haproxy", "haproxy"]
+    mine = private_dataplane_env("haproxy", environ={})
+    assert current_dataplane(mine) == "haproxy"
+    ports = [int(mine[k]) for k in HAPROXY_SIDE_PORTS]
+    assert len(set(ports)) == 2 and not {8404, 9101} & set(ports), ports  # not Ray's fixed ones
+    assert private_dataplane_env("haproxy", environ={HAPROXY_SIDE_PORTS[0]: "9000"}).get(HAPROXY_SIDE_PORTS[0]) is None
+    assert private_dataplane_env("throughput", environ={}) == dataplane_env("throughput")
     parser = build_parser()
-    assert parser.parse_args(["serve", "b"]).dataplane is None  # by --host
+    assert parser.parse_args(["serve", "b"]).dataplane is None  # haproxy (dataplane.DEFAULT)
     assert parser.parse_args(["serve", "b", "--dataplane", "haproxy"]).dataplane == "haproxy"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "b", "--dataplane", "grpc"])

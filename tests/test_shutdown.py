@@ -155,8 +155,9 @@ def train_until_done(tmp_path: Path) -> float:
 
 
 def serve_until_sigint(bundle: Path, tmp_path: Path) -> float:
-    """`creagen serve BUNDLE`: it starts its own Ray on its default data plane on loopback (throughput: the
-    replica reports it); SIGINT once it serves and /healthz answers; exit 0 within EXIT_S."""
+    """`creagen serve BUNDLE`: it starts its own Ray on its default data plane, on loopback too (haproxy: the
+    replica reports it, and HAProxy is among the processes that must be gone); SIGINT once it serves and
+    /healthz answers; exit 0 within EXIT_S."""
     port = free_port()
     serve = Command(["serve", str(bundle), "--port", str(port)], tmp_path)
     try:
@@ -172,7 +173,7 @@ def serve_until_sigint(bundle: Path, tmp_path: Path) -> float:
             assert serve.proc.poll() is None and time.monotonic() < deadline, f"serve never answered:\n{serve.output()}"
             time.sleep(0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats", timeout=30) as r:
-            assert json.load(r)["dataplane"] == "throughput"  # the flags were in its Ray's environment
+            assert json.load(r)["dataplane"] == "haproxy"  # the flags were in its Ray's environment
         t0 = time.monotonic()
         serve.proc.send_signal(signal.SIGINT)
         rc, seconds = serve.exit_after(t0)

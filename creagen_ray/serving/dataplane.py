@@ -9,23 +9,32 @@ Ray; on a cluster they go in the node environment (deploy/k8s/*.yaml, cluster.ya
     throughput   RAY_SERVE_THROUGHPUT_OPTIMIZED: gRPC between Serve processes, direct ingress,
                  user code on the replica's event loop (creagen's model calls run in a worker
                  thread), frozen GC; the HTTP side stays on the host `creagen serve` binds
-    haproxy      throughput + RAY_SERVE_ENABLE_HA_PROXY: HAProxy replaces the Python proxy. Ray then
-                 binds the replicas' HTTP ports, HAProxy's stats (8404) and metrics (9101) ports on
-                 every interface, so it is never loopback-only. HAProxy also replays a request whose
+    haproxy      throughput + RAY_SERVE_ENABLE_HA_PROXY: HAProxy replaces the Python proxy and
+                 forwards to the replicas' own HTTP ports (direct ingress). HAProxy also replays a request whose
                  replica closed the connection without answering (`retry-on empty-response`, on top
                  of Ray's `conn-failure`): a killed replica's in-flight requests go to another one.
                  Ray leaves that off because a replayed POST may run twice; every creagen route
                  only generates (no state changes), so a replay is safe
 
-Measured side by side by `bench/serve_load.py` (docs/benchmarks.md#serving-ray-serve): haproxy
-wins every column on the colocated app; throughput alone is level with python. So the default is
-haproxy where the service is meant to be reachable (a non-loopback host, clusters), and throughput
-where `creagen serve` keeps it on loopback.
+HAProxy's frontend binds the host `creagen serve` is given and the replicas' direct-ingress ports
+bind that host too; only HAProxy's read-only stats page and Prometheus metrics listen on every
+interface, at fixed ports (8404, 9101) unless RAY_SERVE_HAPROXY_STATS_PORT / _METRICS_PORT say
+otherwise. So a private runtime gets free ports for those two (`private_dataplane_env`): a second
+`creagen serve` on the same host would otherwise fail to start ("Some protocols failed to start
+their listeners").
+
+Measured side by side by `bench/serve_load.py` (docs/benchmarks.md#serving-ray-serve, quiet
+machine, plain uvicorn in a process of its own): haproxy meets every latency and throughput target
+(text 3.19x plain at 32 clients, p50 1.01x, first streamed token 7.1 ms); python and throughput
+miss most of them (text 2.3-2.4x, images 0.75-0.81x, first token 14-15 ms). So haproxy is the
+default everywhere: `creagen serve`, `cluster.yaml` and the Kubernetes manifests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from collections.abc import Mapping
 from typing import Literal
 
@@ -38,19 +47,28 @@ FLAGS: dict[str, dict[str, str]] = {
     "throughput": THROUGHPUT,
     "haproxy": {**THROUGHPUT, **HAPROXY},
 }
-LOOPBACK_DEFAULT: Dataplane = "throughput"  # stays on the host creagen serve binds
-CLUSTER_DEFAULT: Dataplane = "haproxy"  # the measured winner; binds every interface
-
-
-def default_dataplane(host: str) -> Dataplane:
-    """haproxy when serving on a reachable address, throughput when `host` is loopback."""
-    loopback = host == "localhost" or host == "::1" or host.startswith("127.")
-    return LOOPBACK_DEFAULT if loopback else CLUSTER_DEFAULT
+DEFAULT: Dataplane = "haproxy"  # the measured winner, on loopback and on clusters
+HAPROXY_SIDE_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
 def dataplane_env(name: Dataplane) -> dict[str, str]:
     """The environment variables that select data plane `name` (empty for Serve's default)."""
     return dict(FLAGS[name])
+
+
+def private_dataplane_env(name: Dataplane, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`dataplane_env(name)` for a runtime `creagen serve` starts itself: with haproxy, free ports for
+    HAProxy's stats and metrics listeners unless `environ` already sets them (the fixed defaults
+    collide when two instances share a host)."""
+    env = dataplane_env(name)
+    if name == "haproxy":
+        with contextlib.ExitStack() as held:  # held open together, so the two ports differ
+            for key in HAPROXY_SIDE_PORTS:
+                if key not in environ:
+                    s = held.enter_context(socket.socket())
+                    s.bind(("", 0))  # HAProxy binds these on every interface
+                    env[key] = str(s.getsockname()[1])
+    return env
 
 
 def current_dataplane(environ: Mapping[str, str] = os.environ) -> str:

@@ -13,7 +13,7 @@ from creagen_ray.cluster import connect_ray
 
 from creagen_ray.serving.api import REQUEST_LOG_NOTICE
 from creagen_ray.serving.app import build_app
-from creagen_ray.serving.dataplane import Dataplane, dataplane_env, default_dataplane
+from creagen_ray.serving.dataplane import DEFAULT, Dataplane, private_dataplane_env
 from creagen_ray.serving.settings import ServeConfig
 
 APP_NAME = "creagen"
@@ -24,10 +24,10 @@ def start_serve(
 ) -> tuple[str, bool]:
     """Start Ray (if needed) and Serve, deploy the app for `config`; (base URL, True if Ray is our own).
 
-    `dataplane` (creagen_ray/serving/dataplane.py; None: by `host`) applies when Ray is started
+    `dataplane` (creagen_ray/serving/dataplane.py; None: haproxy) applies when Ray is started
     here; a running cluster serves with the flags its nodes were started with.
     """
-    private = connect_ray(private_env=dataplane_env(dataplane or default_dataplane(host)))
+    private = connect_ray(private_env=private_dataplane_env(dataplane or DEFAULT))
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}", private

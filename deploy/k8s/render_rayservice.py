@@ -21,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from creagen_ray.serving.dataplane import CLUSTER_DEFAULT, dataplane_env  # noqa: E402
+from creagen_ray.serving.dataplane import DEFAULT, dataplane_env  # noqa: E402
 BUNDLES = "/home/ray/runs/bundles"
 HEADER = """\
 # Serving on Kubernetes (KubeRay operator >= 1.3), GENERATED from serve/config.yaml by
@@ -45,7 +45,7 @@ def render() -> dict:
     for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
         for container in group["template"]["spec"]["containers"]:
             env = container.setdefault("env", [])
-            env += [{"name": k, "value": v} for k, v in dataplane_env(CLUSTER_DEFAULT).items() if k not in {e["name"] for e in env}]
+            env += [{"name": k, "value": v} for k, v in dataplane_env(DEFAULT).items() if k not in {e["name"] for e in env}]
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
