@@ -1,8 +1,9 @@
 """Sample metrics of a trained text generator, written into its bundle's metrics (`train.sample_metrics`).
 
 Samples come from the family's own `generate_many` (the same call Serve makes: unconditional,
-temperature 1, seeds 0..n-1); the reference char LM is trained on the prepared train split and the
-held-out "sentences" are the validation windows. See creagen_ray.metrics.text for the definitions.
+temperature 1, seeds 0..n-1); the reference char LM is trained on up to 20,000 windows of the
+prepared train split, novelty8 looks for the samples' 8-grams in the whole train split (as
+bench/text_quality.py does), and the held-out "sentences" are the validation windows. See creagen_ray.metrics.text for the definitions.
 
 The reference LM depends only on the prepared data and its training settings, so it is kept next
 to the data (`<data>/sample_lm/<key>.safetensors`, key: the manifest's source checksum and config,
@@ -16,6 +17,7 @@ trained on the samples, so it is trained anew each time.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -74,10 +76,11 @@ def _sample_metrics(family: Any, prepared: Any, n: int, lm_steps: int) -> dict[s
     length = int(prepared.spec.seq_len)
     reqs = [TextRequest(n=1, seed=i, max_new_tokens=length) for i in range(n)]
     samples = [texts[0] for texts in family.generate_many(reqs)]
-    train = "".join(split_texts(prepared, "train", TRAIN_WINDOWS))
+    train = "".join(split_texts(prepared, "train", TRAIN_WINDOWS))  # what the reference LM learns from
+    whole = "".join(split_texts(prepared, "train", sys.maxsize))  # novelty8 looks in the whole train split
     heldout = split_texts(prepared, "val", HELDOUT_WINDOWS)
     vocab = data_vocab(prepared, train, heldout)
     known = set(vocab)
     samples = ["".join(c if c in known else UNKNOWN for c in s) for s in samples]
     lm = reference_lm(prepared, train, vocab, lm_steps)
-    return {f"sample_{k}": v for k, v in sample_report(samples, train, heldout, lm, reverse_steps=lm_steps).items()}
+    return {f"sample_{k}": v for k, v in sample_report(samples, whole, heldout, lm, reverse_steps=lm_steps).items()}
