@@ -10,11 +10,12 @@ Ray; on a cluster they go in the node environment (deploy/k8s/*.yaml, cluster.ya
                  user code on the replica's event loop (creagen's model calls run in a worker
                  thread), frozen GC; the HTTP side stays on the host `creagen serve` binds
     haproxy      throughput + RAY_SERVE_ENABLE_HA_PROXY: HAProxy replaces the Python proxy and
-                 forwards to the replicas' own HTTP ports (direct ingress). HAProxy also replays a request whose
-                 replica closed the connection without answering (`retry-on empty-response`, on top
-                 of Ray's `conn-failure`): a killed replica's in-flight requests go to another one.
-                 Ray leaves that off because a replayed POST may run twice; every creagen route
-                 only generates (no state changes), so a replay is safe
+                 forwards to the replicas' own HTTP ports (direct ingress). It also replays a
+                 request whose replica closed the connection without answering (`retry-on
+                 empty-response`, on top of Ray's `conn-failure`): most of a killed replica's
+                 in-flight requests go to another one. Ray leaves that off because a replayed POST
+                 may run twice; every creagen route only generates (no state changes), so a replay
+                 is safe
 
 HAProxy's frontend binds the host `creagen serve` is given and the replicas' direct-ingress ports
 bind that host too; only HAProxy's read-only stats page and Prometheus metrics listen on every
