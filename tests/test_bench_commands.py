@@ -95,3 +95,20 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     record = json.loads(lines[-1])
     assert (record["n"], record["lm_steps"], record["train_steps"], record["gan_steps"]) == (4, 2, 2, 2)
     assert "load average" in record["uptime"] and record["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_prepare_scale_compares_the_three_paths(tmp_path):
+    """bench/prepare_scale.py --sizes 1 (its docstring's command at 1 MB; corpora under --workdir): the pipeline
+    cold and warm and the single-process path each prepare the same rows, and both ratio lines are printed."""
+    r = subprocess.run([sys.executable, "bench/prepare_scale.py", "--sizes", "1", "--workdir", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    out = r.stdout
+    assert re.search(r"^corpus 1 MB: 1,000,000 bytes in 1 files", out, re.M), out
+    paths = dict(re.findall(r"^  (pipeline|pipeline-warm|single-process) +[\d.]+ s +[\d.]+ MB/s  driver peak RSS +\d+ MB  "
+                            r"([\d,]+) rows   \[.*load average", out, re.M))
+    assert set(paths) == {"pipeline", "pipeline-warm", "single-process"}, out
+    assert len(set(paths.values())) == 1 and int(paths["pipeline"].replace(",", "")) > 0, paths  # the same windows
+    for name in ("pipeline", "pipeline-warm"):
+        assert re.search(rf"^  ratio {name} / single-process: throughput [\d.]+x, driver peak RSS [\d.]+x$", out, re.M), out
