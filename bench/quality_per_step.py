@@ -16,7 +16,8 @@ batches of `num_workers x batch_size` rows, which is what one DDP step of the co
 over. The project's steps are scaled so both see the same images (`--steps` counts reference
 steps). Both are scored as bench/quality_per_time.py scores them: 2,000 prior samples against the
 2,000 evaluation images under the project's FeatureNet classifier (fcd, precision, recall, largest
-class share), and the VAE's -ELBO on all evaluation images. Grids go to <out>/<model>-<tag>-grid.png.
+class share), and the VAE's -ELBO on all evaluation images. Grids go to
+<out>/<model>-<tag>-s<seed>-<project steps>-grid.png (the path each JSON row names).
 """
 
 from __future__ import annotations
