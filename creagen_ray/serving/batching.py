@@ -134,14 +134,14 @@ class Batcher:
         loaded = bool(queue) or recent  # others waiting, or a multi-request batch just answered: gather
         cost = self._take(key, batch, first.cost, settings.max_batch_size)
         if loaded and cost < settings.max_batch_size and settings.batch_wait_timeout_s > 0:
-            self.stats[key].waited += 1
+            st.waited += 1
             end = time.monotonic() + settings.batch_wait_timeout_s
             while cost < settings.max_batch_size and not (queue and cost + queue[0].cost > settings.max_batch_size):
                 if not await self._next(key, end - time.monotonic()):
                     break
                 cost = self._take(key, batch, cost, settings.max_batch_size)
-        self.stats[key].sizes[len(batch)] += 1
-        self.stats[key].costs[cost] += 1
+        st.sizes[len(batch)] += 1
+        st.costs[cost] += 1
         return batch
 
     async def _consume(self, key: Hashable) -> None:

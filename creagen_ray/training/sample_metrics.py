@@ -3,7 +3,8 @@
 Samples come from the family's own `generate_many` (the same call Serve makes: unconditional,
 temperature 1, seeds 0..n-1); the reference char LM is trained on up to 20,000 windows of the
 prepared train split, novelty8 looks for the samples' 8-grams in the whole train split (as
-bench/text_quality.py does), and the held-out "sentences" are the validation windows. See creagen_ray.metrics.text for the definitions.
+bench/text_quality.py does), and the held-out "sentences" are the validation windows. See
+creagen_ray.metrics.text for the definitions.
 
 The reference LM depends only on the prepared data and its training settings, so it is kept next
 to the data (`<data>/sample_lm/<key>.safetensors`, key: the manifest's source checksum and config,
@@ -31,10 +32,17 @@ TRAIN_WINDOWS = 20000  # training windows the reference LM learns from (about 64
 HELDOUT_WINDOWS = 256
 
 
+def spread(items: Any, limit: int) -> Any:
+    """Up to `limit` of `items` (a list or an array), evenly spread from the first to the last."""
+    if len(items) <= limit:
+        return items
+    idx = np.linspace(0, len(items) - 1, limit).astype(int)
+    return items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+
+
 def split_texts(prepared: Any, split: str, limit: int) -> list[str]:
     """Up to `limit` windows of a prepared text split, decoded (the first seq_len chars of each)."""
-    tokens = prepared.read_numpy(split, ["tokens"])["tokens"]
-    rows = tokens[np.linspace(0, len(tokens) - 1, min(limit, len(tokens))).astype(int)] if len(tokens) else tokens
+    rows = spread(prepared.read_numpy(split, ["tokens"])["tokens"], limit)
     return [prepared.tokenizer.decode(r[:-1].tolist()) for r in rows]
 
 
@@ -76,8 +84,9 @@ def _sample_metrics(family: Any, prepared: Any, n: int, lm_steps: int) -> dict[s
     length = int(prepared.spec.seq_len)
     reqs = [TextRequest(n=1, seed=i, max_new_tokens=length) for i in range(n)]
     samples = [texts[0] for texts in family.generate_many(reqs)]
-    train = "".join(split_texts(prepared, "train", TRAIN_WINDOWS))  # what the reference LM learns from
-    whole = "".join(split_texts(prepared, "train", sys.maxsize))  # novelty8 looks in the whole train split
+    windows = split_texts(prepared, "train", sys.maxsize)  # the whole train split, read once
+    whole = "".join(windows)  # novelty8 looks in all of it
+    train = "".join(spread(windows, TRAIN_WINDOWS))  # what the reference LM learns from
     heldout = split_texts(prepared, "val", HELDOUT_WINDOWS)
     vocab = data_vocab(prepared, train, heldout)
     known = set(vocab)
