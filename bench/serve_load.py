@@ -15,7 +15,10 @@ For text (GRU 2x512, 32 new tokens) and image (DCGAN 64 ch, 64x64 RGB, n=1) at e
 p50 / p99 latency, throughput and mean batch size (requests per model call, from /v1/stats); then
 streamed-text time to first token (p50 of sequential streams), and for the colocated variants a
 replica-kill check: 2 replicas under 8-client load, one killed with ray.kill; failed requests (split
-into those in flight at the kill and those sent after it) and the time until 2 replicas run again.
+into those in flight at the kill and those sent after it) and the time until 2 replicas run again. The
+check runs once per client library, because HAProxy (as Ray configures it) replays a request whose replica
+died only if it held the whole request before forwarding it: aiohttp writes a small POST in one send,
+httpx writes the headers and the body in two.
 Models are untrained (latency does not depend on training).
 Every variant gets 1 replica per deployment and 1 torch thread, like the plain server.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -41,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 
 from creagen_ray.serving.dataplane import dataplane_env  # noqa: E402
@@ -90,15 +95,38 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-async def load(url: str, path: str, body: dict, clients: int, seconds: float) -> dict[str, float]:
+KILL_CLIENTS = ("aiohttp", "httpx")  # one send per small POST / headers and body in two sends
+
+
+@contextlib.asynccontextmanager
+async def poster(url: str, connections: int, library: str = "httpx"):
+    """`post(path, body) -> status` over a keep-alive pool of `connections`, with httpx or aiohttp."""
+    if library == "httpx":
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+            async def post(path: str, body: dict) -> int:
+                return (await c.post(path, json=body)).status_code
+
+            yield post
+    else:
+        async with aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=connections),
+                                         timeout=aiohttp.ClientTimeout(total=120)) as s:
+            async def post(path: str, body: dict) -> int:
+                async with s.post(path, json=body) as r:
+                    await r.read()
+                    return r.status
+
+            yield post
+
+
+async def load(url: str, path: str, body: dict, clients: int, seconds: float, library: str = "httpx") -> dict[str, float]:
     """`clients` closed-loop clients for `seconds`: p50/p99 latency (ms), throughput (req/s), errors."""
     lat: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}  # why requests failed: HTTP status or exception name
     failed_at: list[float] = []  # when each failed request was sent (perf_counter)
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
-        await c.post(path, json=body)  # warm: model loaded, connection open
+    async with poster(url, clients + 4, library) as post:
+        await post(path, body)  # warm: model loaded, connection open
         end = time.perf_counter() + seconds
 
         async def client() -> None:
@@ -106,9 +134,9 @@ async def load(url: str, path: str, body: dict, clients: int, seconds: float) ->
             while time.perf_counter() < end:
                 t = time.perf_counter()
                 try:
-                    r = await c.post(path, json=body)
-                    why = "" if r.status_code == 200 else str(r.status_code)
-                except httpx.HTTPError as e:
+                    status = await post(path, body)
+                    why = "" if status == 200 else str(status)
+                except (httpx.HTTPError, aiohttp.ClientError) as e:
                     why = type(e).__name__
                 if not why:
                     lat.append(time.perf_counter() - t)
@@ -182,8 +210,8 @@ def running_replicas(deployment: str) -> int:
     return sum(n for state, n in status.replica_states.items() if getattr(state, "value", state) == "RUNNING")
 
 
-def kill_check(url: str, seconds: float) -> dict:
-    """2 replicas under 8-client text load; ray.kill one; failures after the kill and seconds to 2 again."""
+def kill_check(url: str, seconds: float, library: str) -> dict:
+    """2 replicas under 8-client text load from `library`; ray.kill one; failures and seconds to 2 again."""
     import ray
 
     def replica_names() -> dict[str, str]:
@@ -194,7 +222,7 @@ def kill_check(url: str, seconds: float) -> dict:
     victim = ray.get_actor(victim_name, namespace=namespace)
 
     async def main() -> dict:
-        task = asyncio.create_task(load(url, "/v1/text/generate", {**TEXT_BODY, "max_new_tokens": 8}, 8, seconds))
+        task = asyncio.create_task(load(url, "/v1/text/generate", {**TEXT_BODY, "max_new_tokens": 8}, 8, seconds, library))
         await asyncio.sleep(1.0)
         t0 = time.perf_counter()
         ray.kill(victim, no_restart=True)
@@ -210,7 +238,7 @@ def kill_check(url: str, seconds: float) -> dict:
                 "replaced_s": back, "why": r["err_kinds"]}
 
     out = asyncio.run(main())
-    print(f"  replica kill under load: {out['failed']} failed {out['why']} of {out['failed'] + out['ok']} "
+    print(f"  replica kill under {library} load: {out['failed']} failed {out['why']} of {out['failed'] + out['ok']} "
           f"({out['in_flight']} in flight at the kill, {out['after']} sent after it), "
           f"2 replicas again after {secs(out['replaced_s'])}", flush=True)
     return out
@@ -259,7 +287,7 @@ def run_variant(name: str, store: Path, args: argparse.Namespace) -> dict:
             two = {**one, "autoscaling": {"min_replicas": 2, "max_replicas": 2}}
             serve.run(build_app(cfg.model_copy(update={"ingress": cfg.ingress.model_validate(two)})), name="creagen",
                       route_prefix="/")
-            rows["kill"] = kill_check(url, args.kill_seconds)
+            rows["kill"] = {lib: kill_check(url, args.kill_seconds, lib) for lib in KILL_CLIENTS}
         return rows
     finally:
         serve.shutdown()
@@ -285,9 +313,10 @@ def fmt_table(results: dict, clients: list[int]) -> str:
             ratio = f" {top['rps'] / plain[f'{kind}/{clients[-1]}']['rps']:.2f}x" if plain and "error" not in plain else ""
             cells.append(f"{top['rps']:.1f}{ratio} ({top['batch']:.1f})")
         cells.append(f"{r['ttft_ms']:.1f}")
-        k = r.get("kill")
-        cells.append(f"{k['failed']} failed ({k['in_flight']} in flight, {k['after']} after) of {k['failed'] + k['ok']}, "
-                     f"replaced in {secs(k['replaced_s'])}" if k else "-")
+        kills = r.get("kill") or {}
+        cells.append("; ".join(f"{lib}: {k['failed']} failed ({k['in_flight']} in flight, {k['after']} after) of "
+                               f"{k['failed'] + k['ok']}, replaced in {secs(k['replaced_s'])}"
+                               for lib, k in kills.items()) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -347,7 +376,8 @@ def main() -> None:
                   f"batch {r[f'text/{c}']['batch']:.1f} (>=8); image c={c}: "
                   f"{r[f'image/{c}']['rps'] / plain[f'image/{c}']['rps']:.2f}x (>=1x); p50 c=1 text "
                   f"{r['text/1']['p50'] / plain['text/1']['p50']:.2f}x (<=1.3x), image "
-                  f"{r['image/1']['p50'] / plain['image/1']['p50']:.2f}x (<=1.8x); TTFT {r['ttft_ms']:.1f} ms (<=10)")
+                  f"{r['image/1']['p50'] / plain['image/1']['p50']:.2f}x (<=1.8x); TTFT {r['ttft_ms']:.1f} ms (<=10)"
+                  + "".join(f"; kill {lib} {k['failed']} failed (0)" for lib, k in (r.get("kill") or {}).items()))
 
 
 if __name__ == "__main__":
