@@ -3,6 +3,9 @@
     .venv/bin/python bench/train_throughput.py            # RNN + GAN throughput table (~6 min on 2 cores)
     .venv/bin/python bench/train_throughput.py --only gaps  # epoch-boundary gaps only (~2 min)
 
+Smaller runs: --models, --workers (which Ray runs each row has), --steps, --epochs; --address joins a
+running cluster instead of starting a private 2-CPU Ray.
+
 (The quality-per-wall-clock comparison is `time creagen train jobs/configs/rnn-shakespeare.yaml`,
 end to end; see docs/benchmarks.md.)
 
@@ -107,36 +110,30 @@ def ray_rates(cfg: ExperimentConfig) -> dict[str, float]:
     }
 
 
-def throughput(name: str, make_cfg: Any, steps: int, storage: str) -> dict[str, Any]:
-    """plain vs ray x1 vs ray x2 for one model; prints and returns the ratios."""
+def throughput(name: str, make_cfg: Any, steps: int, storage: str, workers: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """plain vs ray x1 vs ray x2 (those of `workers`) for one model; prints and returns the ratios."""
     from creagen_ray.data import prepare_data
 
     cfg1 = make_cfg(storage, 1, steps)
     prepared = prepare_data(cfg1.data, storage_path=storage)
     plain = plain_rate(cfg1, prepared, min(steps, 200))
-    one = ray_rates(cfg1)
-    two = ray_rates(make_cfg(storage, 2, steps))
+    runs = {w: ray_rates(make_cfg(storage, w, steps)) for w in workers}
     unit = "tokens/s" if prepared.spec.modality == "text" else "images/s"
-    out = {
-        "model": name,
-        "unit": unit,
-        "plain": plain,
-        "ray_1": one["items_per_s"],
-        "ray_2": two["items_per_s"],
-        "ray1_over_plain": one["items_per_s"] / plain,
-        "ray2_over_ray1": two["items_per_s"] / one["items_per_s"],
-        "wait_share_1": one["wait_share"],
-        "wait_share_2": two["wait_share"],
-        "startup_s_1": one["first_report_s"],
-        "wall_s_2": two["wall_s"],
-    }
-    print(
-        f"{name:4} {unit:9} plain {plain:9,.0f} | ray x1 {one['items_per_s']:9,.0f} ({out['ray1_over_plain']:.2f}x plain)"
-        f" | ray x2 {two['items_per_s']:9,.0f} ({out['ray2_over_ray1']:.2f}x x1)"
-        f" | data wait {one['wait_share']:.1%} / {two['wait_share']:.1%}"
-        f" | first report after {one['first_report_s']:.0f} s",
-        flush=True,
-    )
+    out: dict[str, Any] = {"model": name, "unit": unit, "plain": plain}
+    cells = [f"{name:4} {unit:9} plain {plain:9,.0f}"]
+    for w, r in runs.items():  # x1 against plain, x2 against x1 (against plain when x1 did not run)
+        base, base_name = (runs[1]["items_per_s"], "x1") if w == 2 and 1 in runs else (plain, "plain")
+        out[f"ray_{w}"] = r["items_per_s"]
+        out[f"ray{w}_over_{'ray1' if base_name == 'x1' else 'plain'}"] = r["items_per_s"] / base
+        cells.append(f"ray x{w} {r['items_per_s']:9,.0f} ({r['items_per_s'] / base:.2f}x {base_name})")
+    for w, r in runs.items():
+        out[f"wait_share_{w}"] = r["wait_share"]
+    first = runs[workers[0]]
+    out[f"startup_s_{workers[0]}"] = first["first_report_s"]
+    out[f"wall_s_{workers[-1]}"] = runs[workers[-1]]["wall_s"]
+    cells.append("data wait " + " / ".join(f"{r['wait_share']:.1%}" for r in runs.values()))
+    cells.append(f"first report after {first['first_report_s']:.0f} s")
+    print(" | ".join(cells), flush=True)
     return out
 
 
@@ -178,20 +175,37 @@ def epoch_gaps(storage: str, epochs: int = 4) -> dict[str, Any]:
 def main() -> None:
     """Parse flags, run the throughput table (and the quality run), print JSON at the end."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=400, help="steps per Ray run")
+    p.add_argument("--steps", type=int, default=400, help="steps per Ray run (the GAN's: half)")
     p.add_argument("--only", choices=["all", "throughput", "gaps"], default="all")
+    p.add_argument("--models", default="rnn,gan", help="comma list of the throughput table's models: rnn, gan")
+    p.add_argument("--workers", default="1,2", help="the Ray runs of each throughput row: 1 (x1), 2 (x2 DDP) or 1,2")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of each epoch-gap run")
+    p.add_argument("--address", default="local",
+                   help="Ray to run on: 'local' starts a private one (2 CPUs), else a running cluster's address")
     args = p.parse_args()
+    models = {"rnn": (rnn_cfg, args.steps), "gan": (gan_cfg, args.steps // 2)}
+    chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not chosen or set(chosen) - set(models):
+        p.error(f"--models: a comma list of {', '.join(models)}")
+    workers = tuple(sorted({int(w) for w in args.workers.split(",") if w.strip()}))
+    if not workers or set(workers) - {1, 2}:
+        p.error("--workers: 1, 2 or 1,2")
 
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
+    if args.address == "local":
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20,
+                 log_to_driver=False)
+    else:
+        ray.init(address=args.address, log_to_driver=False)
     results: dict[str, Any] = {"load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as storage:
         if args.only in ("all", "gaps"):
-            results["epoch_gaps"] = epoch_gaps(storage)
+            results["epoch_gaps"] = epoch_gaps(storage, args.epochs)
         if args.only in ("all", "throughput"):
-            results["rnn"] = throughput("rnn", rnn_cfg, args.steps, storage)
-            results["gan"] = throughput("gan", gan_cfg, args.steps // 2, storage)
+            for name in chosen:
+                make_cfg, steps = models[name]
+                results[name] = throughput(name, make_cfg, steps, storage, workers)
     results["load_avg_end"] = os.getloadavg()
     print(json.dumps(results, indent=2))
 
