@@ -18,6 +18,8 @@ Both are then scored here, identically, on the same 2,000 evaluation images (MNI
   -ELBO      VAE only: nats per image on all 2,000 evaluation images, one z draw per image.
 Ratios are project / reference (below 1 is better for fcd and -ELBO, above 1 for precision/recall).
 Grids (reference left, project right) go to <out>/<model>-grid.png. Log `uptime` beside the numbers.
+Smaller runs: --samples, --judge-steps, --set KEY=VALUE (the project's run only); --address runs the
+project on a running cluster instead of a private Ray.
 MNIST comes from ../shared/data/mnist, or $CREAGEN_SHARED_DATA/mnist when that is set.
 """
 
@@ -62,28 +64,30 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def reference(model: str, budget: float, out: Path) -> dict[str, Any]:
+def reference(model: str, budget: float, out: Path, n_samples: int = N_SAMPLES) -> dict[str, Any]:
     """Train the plain reference; its samples and result.json."""
     d = out / f"ref-{model}"
     args, _, _ = MODELS[model]
-    wall = run([sys.executable, *args, "--budget", str(budget), "--out", str(d), "--samples", str(N_SAMPLES)],
+    wall = run([sys.executable, *args, "--budget", str(budget), "--out", str(d), "--samples", str(n_samples)],
                out / f"ref-{model}.log")
     res = json.loads((d / "result.json").read_text())
     return {**res, "wall_s": wall, "samples": torch.load(d / "samples.pt")}
 
 
-def project(model: str, budget: float, out: Path) -> dict[str, Any]:
-    """Train the shipped config for `budget` seconds of loop; its bundle's samples and metrics."""
+def project(model: str, budget: float, out: Path, n_samples: int = N_SAMPLES, address: str = "local",
+            sets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Train the shipped config for `budget` seconds of loop (`sets`: more --set overrides); its bundle's samples and metrics."""
     _, config, _ = MODELS[model]
     run_name = f"qpt-{model}-{int(time.time())}"
     creagen = str(Path(sys.executable).with_name("creagen"))
     data = [f"data.source={MNIST_DIR / 't10k-images-idx3-ubyte.gz'}", f"data.labels={MNIST_DIR / 't10k-labels-idx1-ubyte.gz'}"]
-    wall = run([creagen, "train", config, "--address", "local", *(x for kv in data for x in ("--set", kv)),
+    wall = run([creagen, "train", config, "--address", address, *(x for kv in [*data, *sets] for x in ("--set", kv)),
                 "--set", f"train.time_budget_s={budget}",
                 "--set", f"train.storage_path={out / 'runs'}", "--set", f"train.run_name={run_name}"],
                out / f"project-{model}.log")
     bundle = load_bundle(out / "runs" / run_name / "bundle")
-    samples = torch.cat([bundle.generate(ImageRequest(n=50, seed=1000 + i)) for i in range(N_SAMPLES // 50)])
+    samples = torch.cat([bundle.generate(ImageRequest(n=min(50, n_samples - i * 50), seed=1000 + i))
+                         for i in range(-(-n_samples // 50))])
     m = bundle.metrics
     return {"steps": m.get("step"), "train_s": m.get("time_s"), "wall_s": wall, "samples": samples,
             "neg_elbo": m.get("val_neg_elbo"), "eval_images": m.get("val_items"), "bundle": str(bundle.path)}
@@ -111,6 +115,11 @@ def main() -> None:
     p.add_argument("--vae-budget", type=float, default=180.0, help="seconds of training for the VAEs")
     p.add_argument("--gan-budget", type=float, default=300.0, help="seconds of training for the GANs")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality_per_time")
+    p.add_argument("--samples", type=int, default=N_SAMPLES, help="prior samples scored per side")
+    p.add_argument("--judge-steps", type=int, default=400, help="FeatureNet (the judge) training steps")
+    p.add_argument("--set", action="append", default=[], help="one more --set KEY=VALUE for the project's run (repeatable)")
+    p.add_argument("--address", default="local",
+                   help="Ray for the project's run: 'local' starts a private one, else a running cluster's address")
     args = p.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -118,9 +127,9 @@ def main() -> None:
     torch.set_num_threads(2)  # scoring only; the runs set their own threads
 
     data = load_mnist()
-    judge = train_feature_net(data["train_x"], data["train_y"], num_classes=10, steps=400, seed=0)
+    judge = train_feature_net(data["train_x"], data["train_y"], num_classes=10, steps=args.judge_steps, seed=0)
     acc = classifier_accuracy(judge, data["eval_x"], data["eval_y"])
-    print(f"judge: creagen FeatureNet trained here on 8,000 train images, 400 steps; eval accuracy {acc:.3f}"
+    print(f"judge: creagen FeatureNet trained here on 8,000 train images, {args.judge_steps} steps; eval accuracy {acc:.3f}"
           f" (classifier FID = fcd, not Inception FID)", flush=True)
     real = data["eval_x"]
     rows = []
@@ -128,8 +137,8 @@ def main() -> None:
         budget = getattr(args, MODELS[model][2])
         load0 = os.getloadavg()[0]
         try:
-            ref = reference(model, budget, args.out)
-            proj = project(model, budget, args.out)
+            ref = reference(model, budget, args.out, args.samples)
+            proj = project(model, budget, args.out, args.samples, args.address, tuple(args.set))
         except RuntimeError as err:  # one failed run (e.g. Ray start-up timing out) does not lose the others
             print(f"{model}: FAILED: {err}", flush=True)
             continue
