@@ -17,9 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_bench(args: list[str], tmp_path: Path, timeout: float = 300) -> str:
+def run_bench(args: list[str], tmp_path: Path, timeout: float = 300, env: dict | None = None) -> str:
     """`python bench/...` from the repo root; its temporary files under tmp_path; stdout (it must exit 0)."""
-    env = {**os.environ, "TMPDIR": str(tmp_path)}  # serve_load's bundle store is a tempfile.mkdtemp
+    env = {**os.environ, **(env or {}), "TMPDIR": str(tmp_path)}  # serve_load's bundle store is a tempfile.mkdtemp
     r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
@@ -112,3 +112,75 @@ def test_prepare_scale_compares_the_three_paths(tmp_path):
     assert len(set(paths.values())) == 1 and int(paths["pipeline"].replace(",", "")) > 0, paths  # the same windows
     for name in ("pipeline", "pipeline-warm"):
         assert re.search(rf"^  ratio {name} / single-process: throughput [\d.]+x, driver peak RSS [\d.]+x$", out, re.M), out
+
+
+def json_tail(out: str) -> dict:
+    """The JSON object a script prints last (indented: from its opening `{` line to the end)."""
+    lines = out.splitlines()
+    start = max(i for i, ln in enumerate(lines) if ln == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+@pytest.mark.slow
+def test_train_throughput_rnn_row_and_its_ratio(ray_cluster, tmp_path):
+    """bench/train_throughput.py --only throughput (the throughput table of its plain command, whose RNN ray x1 / plain
+    ratio is docs/benchmarks.md's target row) cut to the RNN row's plain loop and its one-worker Ray Train run, 10
+    steps, on the session cluster (--address: no Ray start of its own; the x2 run is the same code with 2 workers):
+    both rates measured, the printed ratio is theirs, and the JSON holds the same numbers."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    out = run_bench(["bench/train_throughput.py", "--only", "throughput", "--models", "rnn", "--workers", "1",
+                     "--steps", "10", "--address", address], tmp_path)
+    row = re.search(r"^rnn  tokens/s  plain +([\d,]+) \| ray x1 +([\d,]+) \(([\d.]+)x plain\) \| data wait ([\d.]+)% "
+                    r"\| first report after (\d+) s$", out, re.M)
+    assert row, out[-3000:]
+    plain, one, ratio = (float(v.replace(",", "")) for v in row.groups()[:3])
+    assert plain > 0 and one > 0 and ratio == pytest.approx(one / plain, abs=0.01 + 1e-3 * one / plain), row.group(0)
+    result = json_tail(out)
+    assert set(result) == {"load_avg_start", "rnn", "load_avg_end"}, list(result)  # --models rnn: no GAN row
+    rnn = result["rnn"]
+    assert set(rnn) == {"model", "unit", "plain", "ray_1", "ray1_over_plain", "wait_share_1", "startup_s_1", "wall_s_1"}
+    assert rnn["unit"] == "tokens/s" and rnn["ray1_over_plain"] == pytest.approx(rnn["ray_1"] / rnn["plain"])
+    assert (f"{rnn['plain']:,.0f}", f"{rnn['ray_1']:,.0f}") == (row.group(1), row.group(2))  # the row prints them
+    assert 0 <= rnn["wait_share_1"] <= 1 and 0 < rnn["startup_s_1"] < rnn["wall_s_1"]
+    assert float(row.group(4)) == pytest.approx(100 * rnn["wait_share_1"], abs=0.051)
+
+
+@pytest.mark.slow
+def test_quality_per_time_vae_scores_both_sides_and_prints_ratios(ray_cluster, mnist_paths, tmp_path):
+    """bench/quality_per_time.py --only vae --vae-budget ... (docs/benchmarks.md's smoke run) cut further: a 1 s budget,
+    100 samples a side, a 5-step judge, the project's `creagen train jobs/configs/vae-mnist.yaml` (from the root) on
+    one worker of the session cluster (--address): both sides trained and scored, the table's rows, the ratios of
+    the scores, the grid. That run is also vae-mnist.yaml's shipped-config check (tests/test_shipped_configs.py,
+    TRAINED_ELSEWHERE): it printed its bundle's path, the bundle verifies, the data was prepared under storage_path."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    out_dir = tmp_path / "qpt"
+    out = run_bench(["bench/quality_per_time.py", "--only", "vae", "--vae-budget", "1", "--samples", "100",
+                     "--judge-steps", "5", "--set", "train.num_workers=1", "--address", address, "--out", str(out_dir)],
+                    tmp_path, env={"CREAGEN_SHARED_DATA": str(mnist_paths[0].parent.parent)})
+    assert re.search(r"^judge: creagen FeatureNet trained here on 8,000 train images, 5 steps; eval accuracy [01]\.\d{3} ",
+                     out, re.M), out[-3000:]
+    (row,) = json.loads((out_dir / "results.json").read_text())
+    ref, proj = row["ref"], row["proj"]
+    assert row["model"] == "vae" and row["budget_s"] == 1.0 and Path(row["grid"]) == out_dir / "vae-grid.png"
+    assert Path(row["grid"]).is_file()
+    assert ref["steps"] >= 1 and ref["train_s"] >= 1.0 and ref["eval_images"] == proj["eval_images"] == 2000
+    assert proj["steps"] >= 1 and Path(proj["bundle"]).parent.parent == out_dir / "runs"  # the run's bundle, scored
+    from creagen_ray.bundle import load_bundle
+
+    assert f"bundle: {proj['bundle']}" in (out_dir / "project-vae.log").read_text()  # the command's own line
+    loaded = load_bundle(proj["bundle"])  # verifies every file's sha256
+    assert loaded.metrics["step"] == proj["steps"] and (out_dir / "runs" / "data").is_dir()
+    for side in (ref, proj):
+        assert side["neg_elbo"] > 0 and side["fcd"] > 0 and 0 <= side["precision"] <= 1 and 0 <= side["recall"] <= 1
+    lines = out.splitlines()
+    head = lines.index(f"{'model':6} {'side':5} {'steps':>6} {'train s':>7} {'wall s':>6} {'-ELBO':>6} {'fcd':>7} "
+                       f"{'prec':>5} {'rec':>5} {'max cls':>7}")
+    for line, side in zip(lines[head + 1 : head + 3], (ref, proj), strict=True):
+        cells = line.split()
+        assert cells[0] == "vae" and float(cells[5]) == pytest.approx(side["neg_elbo"], abs=0.051), (line, side)
+        assert float(cells[6]) == pytest.approx(side["fcd"], abs=0.051) and cells[2] == str(side["steps"]), line
+    ratio = re.fullmatch(r"vae    ratio project/reference: fcd ([\d.]+), -ELBO ([\d.]+), precision ([\d.]+), "
+                         r"recall ([\d.]+)   grid (.+)", lines[head + 3])
+    assert ratio and ratio.group(5) == row["grid"], lines[head + 3]
+    assert float(ratio.group(1)) == pytest.approx(proj["fcd"] / ref["fcd"], abs=0.006)
+    assert float(ratio.group(2)) == pytest.approx(proj["neg_elbo"] / ref["neg_elbo"], abs=6e-4)

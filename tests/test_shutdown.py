@@ -44,11 +44,15 @@ EXIT_S = 10.0
 class Command:
     """A `creagen` subprocess with a private TMPDIR; its output lines with the time each arrived."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None, user_env: bool = False) -> None:
+        """`user_env`: Ray's token authentication and log dedup at their defaults, as in a user's shell."""
         self.tmp = tempfile.mkdtemp(prefix="crq", dir="/tmp")  # short: Ray's socket paths live under it
         env = {**os.environ, "RAY_raylet_start_wait_time_s": "120",  # a loaded 2-core box: slow node starts
                **(env or {}), "TMPDIR": self.tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
+        if user_env:
+            for k in ("RAY_AUTH_MODE", "RAY_DEDUP_LOGS"):
+                env.pop(k, None)
         self.proc = subprocess.Popen([CREAGEN, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines: list[tuple[float, str]] = []
@@ -131,14 +135,16 @@ def test_train_serve_demo_exit_within_10s_and_leave_no_ray_behind(tmp_path: Path
 
 
 def train_until_done(tmp_path: Path) -> float:
-    """`creagen train` to its end: exit 0 with a bundle within EXIT_S of printing it. Returns the seconds."""
+    """`creagen train --verbose` to its end: exit 0 with a bundle within EXIT_S of printing it; --verbose (a user's
+    shell: Ray's token authentication on) brought Ray's own start-up lines back. Returns the seconds."""
     # one Train worker: the exit timed here comes after fit() returned (worker group, DDP and all, already
     # torn down before the bundle line), so a second worker (about 7 CPU-s) would prove nothing more;
-    # the demo beside it is interrupted mid-run with its 2 DDP workers
+    # the demo beside it is interrupted mid-run with its 2 DDP workers. --verbose: tests/test_console.py checked
+    # it on a `creagen prepare` of its own before, one more private Ray start (~12 CPU-s)
     train = Command(["train", "jobs/configs/demo-rnn.yaml", "--set=data.max_items=60000", "--set=model.hidden_size=64",
                      "--set=train.num_workers=1", "--set=train.steps=20", "--set=train.checkpoint_every=10", "--set=train.eval_every=20",
                      "--set=train.log_every=10", "--set=train.eval_batches=2", f"--set=train.storage_path={tmp_path}",
-                     "--set=train.run_name=timed"], ROOT)
+                     "--set=train.run_name=timed", "--verbose"], ROOT, user_env=True)
     try:
         t0 = train.wait_for("bundle: ")
         rc, seconds = train.exit_after(t0)
@@ -151,6 +157,7 @@ def train_until_done(tmp_path: Path) -> float:
     metrics = json.JSONDecoder().raw_decode(out[out.rindex("\n{") + 1 :])[0]  # the JSON `creagen train` prints
     assert metrics["step"] == 20
     assert (tmp_path / "timed" / "bundle" / "manifest.json").is_file()
+    assert "Token authentication is enabled" in out and "Started a local Ray instance" in out, out[-3000:]  # --verbose
     return seconds
 
 

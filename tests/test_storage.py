@@ -161,8 +161,10 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     checkpoints in the bucket, nothing on local disk -> serve s3://bucket/runs -> generate over HTTP;
     beside it, `creagen tune` with storage_path s3://: Tune's experiment, the trial runs, results
     table, best.yaml and best bundle all land in the bucket, nothing in the working directory. One
-    trial is enough for where things land (ranking and several trials: tests/test_tuning.py, the
-    shipped demo-tune run)."""
+    trial is enough for where things land (ranking and several trials: tests/test_tuning.py). That tune
+    command names the shipped jobs/configs/demo-tune.yaml by a relative path from another directory: it is
+    also that config's shipped-config run (tests/test_shipped_configs.py ran a second search of it before,
+    one more Train run, ~25 CPU-s)."""
     s3 = s3_server
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -220,7 +222,7 @@ def test_prepare_train_serve_generate_all_in_s3(s3_server, tmp_path: Path) -> No
     def tune_command() -> subprocess.CompletedProcess:
         wait_for_head()
         r = creagen(
-            ["tune", str(ROOT / "jobs/configs/demo-tune.yaml"), "--set", f"train.storage_path={tune_runs}",
+            ["tune", os.path.relpath(ROOT / "jobs/configs/demo-tune.yaml", tune_cwd), "--set", f"train.storage_path={tune_runs}",
              "--set", "tune.num_samples=1", "--set", "train.steps=10", "--set", "train.eval_every=10",
              "--set", "train.checkpoint_every=10", "--set", "data.max_items=20000"],
             {**env, "TMPDIR": tmp, "CREAGEN_CACHE_DIR": str(tmp_path / "tune-cache")}, tune_cwd, 900,
