@@ -88,11 +88,17 @@ def make_corpus(folder: Path, mb: int, seed: int = 0) -> int:
     return written
 
 
+ADDRESS_ENV = "CREAGEN_PREPARE_SCALE_ADDRESS"  # --address, handed to the measuring subprocesses
+
 def init_ray() -> None:
     """A private local Ray runtime of 2 CPUs (retried: on a loaded machine the raylet can miss
-    Ray's fixed 30 s start-up deadline)."""
+    Ray's fixed 30 s start-up deadline), or the running cluster --address names."""
     import ray
 
+    address = os.environ.get(ADDRESS_ENV, "local")
+    if address != "local":
+        ray.init(address=address, log_to_driver=False)
+        return
     for attempt in range(4):
         try:
             ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
@@ -175,10 +181,11 @@ def child(mode: str, corpus: str, out: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure(mode: str, corpus: Path, out: Path) -> dict:
+def measure(mode: str, corpus: Path, out: Path, address: str = "local") -> dict:
     """Run one preparation in a fresh Python process and return its numbers."""
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           ADDRESS_ENV: address}
     proc = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(corpus), str(out)],
         capture_output=True, text=True, env=env, check=False,
@@ -197,6 +204,9 @@ def main() -> None:
                     help="largest corpus for the single-process path and the warm run (the single process needs ~10x the corpus in RAM)")
     ap.add_argument("--workdir", default=None, help="where corpora go, kept for later runs (default: a temporary folder, removed)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each path, alternating; the median is compared")
+    ap.add_argument("--address", default="local",
+                    help="Ray for the pipeline runs: 'local' starts a private one each (the measurement), else a running "
+                         "cluster's address (a smoke run: its workers may be up already, so cold and warm differ little)")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "CORPUS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -216,7 +226,7 @@ def main() -> None:
             for _ in range(args.repeat):  # alternating, so a change in load hits both paths alike
                 for mode in modes:
                     before = uptime()
-                    r = measure(mode, corpus, work / "out")
+                    r = measure(mode, corpus, work / "out", args.address)
                     r.update(mb_per_s=size / 1e6 / r["seconds"], uptime_before=before, uptime_after=uptime())
                     runs[mode].append(r)
                     print(

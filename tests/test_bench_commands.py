@@ -98,11 +98,13 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_scale_compares_the_three_paths(tmp_path):
-    """bench/prepare_scale.py --sizes 1 (its docstring's command at 1 MB; corpora under --workdir): the pipeline
-    cold and warm and the single-process path each prepare the same rows, and both ratio lines are printed."""
-    r = subprocess.run([sys.executable, "bench/prepare_scale.py", "--sizes", "1", "--workdir", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+def test_prepare_scale_compares_the_three_paths(ray_cluster, tmp_path):
+    """bench/prepare_scale.py --sizes 1 (its docstring's command at 1 MB; corpora under --workdir; the pipeline runs
+    on the session cluster, --address: two private Ray starts fewer, ~15 CPU-s): the pipeline cold and warm and the
+    single-process path each prepare the same rows, and both ratio lines are printed."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    r = subprocess.run([sys.executable, "bench/prepare_scale.py", "--sizes", "1", "--workdir", str(tmp_path),
+                        "--address", address], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     out = r.stdout
     assert re.search(r"^corpus 1 MB: 1,000,000 bytes in 1 files", out, re.M), out
