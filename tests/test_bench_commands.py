@@ -165,7 +165,12 @@ def test_quality_per_time_vae_scores_both_sides_and_prints_ratios(ray_cluster, m
     ref, proj = row["ref"], row["proj"]
     assert row["model"] == "vae" and row["budget_s"] == 1.0 and Path(row["grid"]) == out_dir / "vae-grid.png"
     assert Path(row["grid"]).is_file()
+    # the reference side: bench/reference/vae.py --budget 1 (its own checks in tests/test_quality.py moved here)
     assert ref["steps"] >= 1 and ref["train_s"] >= 1.0 and ref["eval_images"] == proj["eval_images"] == 2000
+    import torch
+
+    samples = torch.load(out_dir / "ref-vae" / "samples.pt")
+    assert samples.shape == (100, 1, 28, 28) and samples.dtype == torch.uint8
     assert proj["steps"] >= 1 and Path(proj["bundle"]).parent.parent == out_dir / "runs"  # the run's bundle, scored
     from creagen_ray.bundle import load_bundle
 

@@ -206,9 +206,13 @@ def test_free_bits_floor_each_latents_kl_in_the_loss():
     assert out[0.5]["kl"] < 1.0 and out[0.5]["loss"] == pytest.approx(out[0.5]["recon"] + 4.0, rel=1e-4)
 
 
-@pytest.mark.parametrize("args", [["vae.py"], ["gan.py", "--loss", "bce", "--budget", "600", "--steps", "2"], ["gan.py", "--loss", "wgan-gp"]])
+@pytest.mark.parametrize("args", [["gan.py", "--loss", "bce", "--budget", "600", "--steps", "2"], ["gan.py", "--loss", "wgan-gp"]])
 def test_reference_scripts_run_to_their_budget(args, mnist_paths, tmp_path):
-    """bench/reference/*.py as documented (1 s budget, or a --steps cap): samples.pt and result.json appear."""
+    """bench/reference/*.py as documented (1 s budget, or a --steps cap): samples.pt and result.json appear.
+
+    vae.py's run to a 1 s budget (samples, -ELBO on the 2,000 evaluation images): the reference side of
+    tests/test_bench_commands.py's bench/quality_per_time.py run, which makes these checks on it (a third
+    subprocess here cost ~6 CPU-s)."""
     import json
     import os
     import subprocess
@@ -226,8 +230,6 @@ def test_reference_scripts_run_to_their_budget(args, mnist_paths, tmp_path):
         assert result["steps"] == 2 and result["train_s"] < 600
     else:
         assert result["steps"] >= 1 and result["train_s"] >= 1.0
-    if args[0] == "vae.py":
-        assert result["eval_images"] == 2000 and result["neg_elbo"] > 0
 
 
 def test_quality_per_step_scores_both_sides(mnist_paths, tmp_path):
