@@ -176,7 +176,7 @@ def test_quality_per_time_vae_scores_both_sides_and_prints_ratios(ray_cluster, m
 
     assert f"bundle: {proj['bundle']}" in (out_dir / "project-vae.log").read_text()  # the command's own line
     loaded = load_bundle(proj["bundle"])  # verifies every file's sha256
-    assert loaded.metrics["step"] == proj["steps"] and (out_dir / "runs" / "data").is_dir()
+    assert loaded.metrics["time_s"] >= 1.0 and (out_dir / "runs" / "data").is_dir()  # it ran to its 1 s budget
     for side in (ref, proj):
         assert side["neg_elbo"] > 0 and side["fcd"] > 0 and 0 <= side["precision"] <= 1 and 0 <= side["recall"] <= 1
     lines = out.splitlines()
