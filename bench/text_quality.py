@@ -20,8 +20,11 @@ whole train split for the reference LM and novelty, its validation windows as he
 Rows: real held-out windows (the reference), then each bundle's unconditional samples (--temperature,
 default 1, the same for every row; seeds 0..n-1, one window of data.seq_len chars each), and for
 each distinct sentence VAE (the VAE row's, which --train's latent GAN reuses) "decoding held-out
-codes": its decoder on the posterior means of the real held-out windows, i.e. what a latent GAN
-that matched the real codes exactly would write with this decoder.
+codes": its decoder on the posterior means of the real held-out windows, and with --train-codes
+"decoding train codes": its decoder on the posterior means of n training windows spread over the
+train split, i.e. what a latent GAN that matched its critic's real codes exactly would write with
+this decoder (the held-out row is not that target: the validation split is other text, which the
+decoder may write more or less easily).
 Columns (creagen_ray.metrics.text): LM score and its standard error over the samples, reverse LM
 score (nats/char, lower is better), BLEU-4 vs held-out and self-BLEU-4, 8-gram novelty vs the
 training text (closest to the real row is best, higher is not better). Each sentence VAE's latent
@@ -48,7 +51,7 @@ import numpy as np  # noqa: E402
 from creagen_ray.bundle import load_bundle  # noqa: E402
 from creagen_ray.config import TextRequest  # noqa: E402
 from creagen_ray.metrics.text import CharLM, sample_report  # noqa: E402
-from creagen_ray.training.sample_metrics import split_texts  # noqa: E402
+from creagen_ray.training.sample_metrics import split_texts, spread  # noqa: E402
 
 
 CORPORA = {  # --corpus: the data section (32-char windows; python-docs is text-gan.yaml's)
@@ -126,14 +129,22 @@ def heldout_tokens(prepared: Any, n: int) -> Any:
     import torch
 
     tokens = prepared.read_numpy("val", ["tokens"])["tokens"]
-    pick = np.linspace(0, len(tokens) - 1, min(2 * n, len(tokens))).astype(int)[:n]
-    return torch.from_numpy(tokens[pick]).long()
+    return torch.from_numpy(spread(tokens, 2 * n)[:n]).long()
 
 
-def decode_heldout_codes(vae: Any, prepared: Any, n: int, temperature: float) -> list[str]:
-    """The VAE's decoder on the posterior means of the real held-out windows (sample i from seed i).
+def train_tokens(prepared: Any, n: int) -> Any:
+    """n training windows as tokens [n, seq_len + 1], evenly spread over the train split."""
+    import torch
 
-    What a latent GAN that matched the held-out codes exactly would write with this decoder.
+    return torch.from_numpy(spread(prepared.read_numpy("train", ["tokens"])["tokens"], n)).long()
+
+
+def decode_codes(vae: Any, tokens: Any, length: int, temperature: float) -> list[str]:
+    """The VAE's decoder on the posterior means of `tokens`' windows [n, T+1] (sample i from seed i).
+
+    On held-out windows: what this decoder writes from the codes of the real held-out text. On
+    training windows: what a latent GAN that matched its critic's real codes (posterior means of
+    training windows) exactly would write with this decoder.
     """
     import torch
 
@@ -141,9 +152,9 @@ def decode_heldout_codes(vae: Any, prepared: Any, n: int, temperature: float) ->
 
     vae.train(False)
     with torch.no_grad():
-        mu, _ = vae.raw("vae").encode(heldout_tokens(prepared, n).to(vae.device))  # [n, Z]
-    req = TextRequest(n=1, seed=0, max_new_tokens=int(prepared.spec.seq_len), temperature=temperature)
-    return [vae.decode_text(mu[i : i + 1].cpu(), req, seeded_generator(i))[0] for i in range(n)]
+        mu, _ = vae.raw("vae").encode(tokens.to(vae.device))  # [n, Z]
+    req = TextRequest(n=1, seed=0, max_new_tokens=length, temperature=temperature)
+    return [vae.decode_text(mu[i : i + 1].cpu(), req, seeded_generator(i))[0] for i in range(len(tokens))]
 
 
 def latent_use_report(vae: Any, prepared: Any, n: int) -> dict[str, float]:
@@ -175,6 +186,8 @@ def main() -> None:
     p.add_argument("--char-gan", action="store_true", help="--train: also the char-level text GAN")
     p.add_argument("--free-bits", type=float, help=f"--train: the sentence VAE's free bits per latent (default {SENTENCE_VAE['free_bits']})")
     p.add_argument("--gan-lr", type=float, help=f"--train: the latent GAN's G and D Adam lr (default {GAN_OPT['lr']})")
+    p.add_argument("--train-codes", action="store_true",
+                   help="also decode the posterior means of n training windows (the latent GAN's target)")
     p.add_argument("--corpus", choices=sorted(CORPORA), default="python-docs", help="--train: the text")
     p.add_argument("--source", help="--train: the corpus's text file (default for shakespeare: ../shared/data/...)")
     p.add_argument("--n", type=int, default=128, help="samples per generator (and held-out windows)")
@@ -235,7 +248,10 @@ def main() -> None:
         vae = sentence_vae(fam)
         if vae is not None and not any(same_weights(vae, v) for v in seen):
             seen.append(vae)
-            rows[f"{label.split(' (')[0]} decoding held-out codes"] = decode_heldout_codes(vae, prepared, args.n, args.temperature)
+            name = label.split(" (")[0]
+            rows[f"{name} decoding held-out codes"] = decode_codes(vae, heldout_tokens(prepared, args.n), length, args.temperature)
+            if args.train_codes:
+                rows[f"{name} decoding train codes"] = decode_codes(vae, train_tokens(prepared, args.n), length, args.temperature)
             latent_use[label] = latent_use_report(vae, prepared, args.n)
     vocab = sorted(set(train).union(*[c for r in rows.values() for c in r], *refs))
     lm = CharLM.fit(train, vocab, steps=args.lm_steps)
@@ -253,7 +269,9 @@ def main() -> None:
         print(f"{k} latent use (held-out, nats/char): {v}")
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
                       "train_steps": args.train, "gan_steps": args.gan_steps,
-                      "temperature": args.temperature, "free_bits": args.free_bits, "gan_lr": args.gan_lr, "corpus": args.corpus,
+                      "temperature": args.temperature, "free_bits": args.free_bits, "gan_lr": args.gan_lr,
+                      "corpus": next((k for k, c in CORPORA.items() if c["source"] == data.source), data.source),
+                      "source": data.source,
                       "uptime": os.popen("uptime").read().strip()}))
 
 
