@@ -44,6 +44,9 @@ class GANConfig(FamilyConfig):
     g_channels: int = Field(64, ge=4)
     d_channels: int = Field(64, ge=4)
     n_critic: int = Field(1, ge=1, le=20, description="critic steps per generator step (5 for WGAN-GP)")
+    spectral_norm: bool = Field(
+        False, description="spectral normalization on every conv of D (Miyato et al. 2018) in place of its batch norm"
+    )
 
 
 @contextlib.contextmanager
@@ -84,7 +87,7 @@ class GANFamily(Family):
     # -- building -------------------------------------------------------------------------------
 
     def build(self) -> None:
-        """G: ConvDecoder(latent -> image) + tanh; D: ConvEncoder(image -> 1 score); DCGAN init."""
+        """G: ConvDecoder(latent -> image) + tanh; D: ConvEncoder(image -> 1 score); DCGAN init (+ D's SN)."""
         mc: GANConfig = self.cfg.model
         if self.spec.modality != "image" or not self.spec.channels or not self.spec.image_size:
             raise ValueError(f"the gan family needs image data with channels and image_size, got spec {self.spec}")
@@ -95,14 +98,19 @@ class GANFamily(Family):
         # No batch norm in a WGAN-GP critic: the penalty constrains the gradient of D(x_i) w.r.t. each
         # input x_i alone, but batch norm makes every score depend on the whole batch, so that
         # per-sample gradient is not the critic's (Gulrajani et al. 2017, sec. 4). LayerNorm is
-        # per sample. bce/hinge keep DCGAN's batch norm.
-        d_norm = "layer" if self.loss_name == "wasserstein" else "batch"
+        # per sample. bce/hinge keep DCGAN's batch norm, unless model.spectral_norm: then each conv of
+        # D is divided by its largest singular value (Miyato et al. 2018) and D has no batch norm.
+        d_norm = "layer" if self.loss_name == "wasserstein" else "none" if mc.spectral_norm else "batch"
         self.modules = {
             "g": ConvDecoder(mc.latent_dim, C, S, base=mc.g_channels, norm="batch"),  # [B, L] -> [B, C, S, S]
             "d": ConvEncoder(C, S, base=mc.d_channels, out_dim=1, norm=d_norm),  # [B, C, S, S] -> [B, 1]
         }
         for m in self.modules.values():
             init_dcgan_weights(m)
+        if mc.spectral_norm:  # after the init: the parametrization divides the initialised weight by sigma
+            for conv in self.modules["d"].modules():
+                if isinstance(conv, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(conv)
         self._loss_g: float | None = None  # loss of the last G step (reported by train_step)
         self._random_features: nn.Module | None = None  # fallback feature net, built once
 
