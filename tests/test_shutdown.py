@@ -181,6 +181,11 @@ def serve_until_sigint(bundle: Path, tmp_path: Path) -> float:
             time.sleep(0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats", timeout=30) as r:
             assert json.load(r)["dataplane"] == "haproxy"  # the flags were in its Ray's environment
+        # and the HAProxy Ray rendered for this port waits for a request's body before forwarding it, so it can
+        # replay a request whose replica died even from clients that send headers and body apart (dataplane.py)
+        configs = [c.read_text() for c in Path("/tmp/haproxy-serve").glob("**/haproxy.cfg")]
+        mine = [c for c in configs if f"bind 127.0.0.1:{port}\n" in c]
+        assert len(mine) == 1 and "\n    retry-on conn-failure empty-response\n    option http-buffer-request\n" in mine[0], mine
         t0 = time.monotonic()
         serve.proc.send_signal(signal.SIGINT)
         rc, seconds = serve.exit_after(t0)

@@ -12,10 +12,14 @@ Ray; on a cluster they go in the node environment (deploy/k8s/*.yaml, cluster.ya
     haproxy      throughput + RAY_SERVE_ENABLE_HA_PROXY: HAProxy replaces the Python proxy and
                  forwards to the replicas' own HTTP ports (direct ingress). It also replays a
                  request whose replica closed the connection without answering (`retry-on
-                 empty-response`, on top of Ray's `conn-failure`): most of a killed replica's
-                 in-flight requests go to another one. Ray leaves that off because a replayed POST
-                 may run twice; every creagen route only generates (no state changes), so a replay
-                 is safe
+                 empty-response`, on top of Ray's `conn-failure`), so a killed replica's in-flight
+                 requests go to another one. Ray leaves that off because a replayed POST may run
+                 twice; every creagen route only generates (no state changes), so a replay is safe.
+                 HAProxy can replay only a request it held whole when it first forwarded it, and
+                 httpx and `requests` write the headers and the body in two sends: `option
+                 http-buffer-request` makes it wait for the body first. Ray 2.60 has no setting for
+                 HAProxy options; its template writes RAY_SERVE_HAPROXY_RETRY_ON verbatim as the
+                 `retry-on` line of the `defaults` section, so the option is that value's second line
 
 HAProxy's frontend binds the host `creagen serve` is given and the replicas' direct-ingress ports
 bind that host too; only HAProxy's read-only stats page and Prometheus metrics listen on every
@@ -26,8 +30,8 @@ their listeners").
 
 Measured side by side by `bench/serve_load.py` (docs/benchmarks.md#serving-ray-serve, quiet
 machine, plain uvicorn in a process of its own): haproxy meets every latency and throughput target
-(text 3.19x plain at 32 clients, p50 1.01x, first streamed token 7.1 ms); python and throughput
-miss most of them (text 2.3-2.4x, images 0.75-0.81x, first token 14-15 ms). So haproxy is the
+(text 3.43x plain at 32 clients, p50 1.21x, first streamed token 6.6 ms); python and throughput
+miss most of them (text 1.9-2.7x, images 0.74-0.78x, first token 14-16 ms). So haproxy is the
 default everywhere: `creagen serve`, `cluster.yaml` and the Kubernetes manifests.
 """
 
@@ -42,7 +46,9 @@ from typing import Literal
 Dataplane = Literal["python", "throughput", "haproxy"]
 
 THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+# the retry policy's line in HAProxy's `defaults`, then one more line there (see the docstring)
+HAPROXY_RETRY_ON = "conn-failure empty-response\n    option http-buffer-request"
+HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON}
 FLAGS: dict[str, dict[str, str]] = {
     "python": {},
     "throughput": THROUGHPUT,
