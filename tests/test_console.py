@@ -1,8 +1,9 @@
 """`creagen --version`, and the quiet-by-default Ray logging that --verbose undoes.
 
-`--verbose` bringing Ray's own lines back on a real command is checked on the `creagen train --verbose` of
-tests/test_shutdown.py (its own private Ray); the quiet default console beside another Ray on the shipped
-sentence-vae run: tests/test_shipped_configs.py::test_train_console_is_quiet_beside_another_ray."""
+`--verbose` bringing Ray's own lines back on a real command is checked on the `creagen demo --verbose` of
+tests/test_shutdown.py (its own private Ray); the quiet default console of a private Ray beside others on that
+test's `creagen train`, and of a run joining a cluster on the shipped sentence-vae run:
+tests/test_shipped_configs.py::test_train_console_is_quiet_on_a_cluster."""
 
 from __future__ import annotations
 

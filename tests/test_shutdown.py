@@ -8,6 +8,14 @@ environment, and only ours are looked at or killed):
 in-process (SIGINT once it says it serves and /healthz answers) and `creagen demo` (SIGINT once
 training reports a step; exit code 130).
 
+The train and the demo also carry the console checks of a private Ray (their shells as a user's: Ray's token
+authentication and log dedup at their defaults). The train's default console, start to end, shows progress
+and the bundle line and none of Ray's noise while the other two Rays run beside it (Ray's state API finding
+"multiple active Ray instances" on the machine was one such noise); the demo runs with `--verbose`, which
+brings Ray's own start-up lines back. tests/test_shipped_configs.py checked the quiet console on a
+sentence-vae.yaml run with a private Ray of its own before (one more Ray start, ~12 CPU-s): that run now
+joins the module's cluster and checks the console of a joined run.
+
 A Train worker SIGKILLed mid-run (the worker group restarts from the last checkpoint: FailureConfig with
 train.max_failures, 3 by default) is checked on the library run tests/test_training.py kills a worker of
 (the same `training.train` that `creagen train` calls), and the default in test_train_reliability.py;
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -135,19 +144,20 @@ def test_train_serve_demo_exit_within_10s_and_leave_no_ray_behind(tmp_path: Path
 
 
 def train_until_done(tmp_path: Path) -> float:
-    """`creagen train --verbose` to its end: exit 0 with a bundle within EXIT_S of printing it; --verbose (a user's
-    shell: Ray's token authentication on) brought Ray's own start-up lines back. Returns the seconds."""
+    """`creagen train` to its end: exit 0 with a bundle within EXIT_S of printing it. Its default console (a user's
+    shell: Ray's token authentication on), from its own Ray's start to the exit, beside the serve's and the demo's
+    Rays: progress and the bundle line, none of Ray's noise. Returns the seconds."""
     # one Train worker: the exit timed here comes after fit() returned (worker group, DDP and all, already
     # torn down before the bundle line), so a second worker (about 7 CPU-s) would prove nothing more;
-    # the demo beside it is interrupted mid-run with its 2 DDP workers. --verbose: tests/test_console.py checked
-    # it on a `creagen prepare` of its own before, one more private Ray start (~12 CPU-s)
+    # the demo beside it is interrupted mid-run with its 2 DDP workers
     train = Command(["train", "jobs/configs/demo-rnn.yaml", "--set=data.max_items=60000", "--set=model.hidden_size=64",
                      "--set=train.num_workers=1", "--set=train.steps=20", "--set=train.checkpoint_every=10", "--set=train.eval_every=20",
                      "--set=train.log_every=10", "--set=train.eval_batches=2", f"--set=train.storage_path={tmp_path}",
-                     "--set=train.run_name=timed", "--verbose"], ROOT, user_env=True)
+                     "--set=train.run_name=timed"], ROOT, user_env=True)
     try:
         t0 = train.wait_for("bundle: ")
         rc, seconds = train.exit_after(t0)
+        train.reader.join(timeout=10)  # every line the command wrote
         out = "".join(line for _, line in train.lines)
         assert rc == 0, train.output()
         left = train.leftovers(t0)
@@ -157,7 +167,11 @@ def train_until_done(tmp_path: Path) -> float:
     metrics = json.JSONDecoder().raw_decode(out[out.rindex("\n{") + 1 :])[0]  # the JSON `creagen train` prints
     assert metrics["step"] == 20
     assert (tmp_path / "timed" / "bundle" / "manifest.json").is_file()
-    assert "Token authentication is enabled" in out and "Started a local Ray instance" in out, out[-3000:]  # --verbose
+    for pattern in NOISE:
+        assert pattern not in out, f"Ray's {pattern!r} on the train's console:\n{out[-3000:]}"
+    progress = [ln for ln in out.splitlines() if re.match(r"\[timed\] step 20/20 \(100%\)", ln)]
+    assert progress and "loss " in progress[0] and "tokens/s" in progress[0], out[-3000:]
+    assert re.search(rf"^bundle: {re.escape(str(tmp_path / 'timed' / 'bundle'))}$", out, re.M), out[-3000:]
     return seconds
 
 
@@ -198,17 +212,18 @@ def serve_until_sigint(bundle: Path, tmp_path: Path) -> float:
 
 
 def demo_until_sigint(tmp_path: Path) -> float:
-    """`creagen demo`: its console up to the first progress line holds none of Ray's noise (train and serve
-    run their own Rays beside it); SIGINT then; exit 130 within EXIT_S."""
+    """`creagen demo --verbose` (a user's shell: Ray's token authentication on): --verbose brought Ray's own
+    start-up lines back by its first progress line; SIGINT then; exit 130 within EXIT_S."""
     # --steps 80: a progress line every 20 steps (with 400, the first came at step 100, the last of the
-    # three cues, 30 s after train's); 60 steps still to go when SIGINT comes
-    demo = Command(["demo", "--out", str(tmp_path / "demo"), "--families", "rnn", "--steps", "80"], ROOT)
+    # three cues, 30 s after train's); 60 steps still to go when SIGINT comes. --verbose: tests/test_console.py
+    # checked it on a `creagen prepare` of its own before, one more private Ray start (~12 CPU-s)
+    demo = Command(["demo", "--out", str(tmp_path / "demo"), "--families", "rnn", "--steps", "80", "--verbose"], ROOT,
+                   user_env=True)
     try:
         demo.wait_for(" step ")  # a progress line: training has started
         t0 = time.monotonic()
         before = "".join(line for t, line in list(demo.lines) if t <= t0)
-        for pattern in NOISE:
-            assert pattern not in before, f"Ray's {pattern!r} on the demo's console:\n{before[-3000:]}"
+        assert "Token authentication is enabled" in before and "Started a local Ray instance" in before, before[-3000:]
         demo.proc.send_signal(signal.SIGINT)
         rc, seconds = demo.exit_after(t0)
         assert rc == 130, f"demo exited {rc} after SIGINT:\n{demo.output()}"
