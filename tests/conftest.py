@@ -171,3 +171,80 @@ def s3(s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("CREAGEN_CACHE_DIR", str(tmp_path / "cache"))
     return s3_server
+
+
+# ----------------------------------------------------------------------------------------------
+# tests/test_multinode.py's run, started with the session
+
+
+class BackgroundRun:
+    """A command started in its own process group, its output in files; the test that checks it waits for it."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], out_dir: Path, timeout_s: float) -> None:
+        import subprocess
+        import time
+
+        self.cwd, self.deadline = cwd, time.monotonic() + timeout_s
+        self.stdout, self.stderr = out_dir / "stdout.txt", out_dir / "stderr.txt"
+        with self.stdout.open("w") as out, self.stderr.open("w") as err:
+            self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
+
+    def result(self) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) once it ended; fails the test past the deadline."""
+        import subprocess
+        import time
+
+        try:
+            rc = self.proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"{self.proc.args[:2]} ran past its deadline:\n{self.stderr.read_text()[-4000:]}")
+        return rc, self.stdout.read_text(), self.stderr.read_text()
+
+    def stop(self) -> None:
+        """Stop it and everything it started (its process group), if it still runs."""
+        from tests.procs import stop_group
+
+        if self.proc.poll() is None:
+            stop_group(self.proc)
+
+
+@pytest.fixture(scope="session")
+def multinode_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory):
+    """tests/multinode_run.py (a 3-node Cluster of its own, data and runs in S3; see tests/test_multinode.py),
+    started in the background; yields (the BackgroundRun, runs URI, run name).
+
+    Started with the session when test_multinode is selected (_start_background_runs): its cluster spends
+    much of its minute waiting on process start-ups, which the tests before it fill (it ran alone before:
+    64 s of wall for 96 CPU-s on 2 cores).
+    """
+    from creagen_ray.data.builtin import python_docs_text
+
+    s3 = s3_server
+    text = python_docs_text()
+    quarter = len(text) // 4
+    client = s3.client()
+    for i in range(4):  # several files: several read pieces, split by file
+        client.put_object(Bucket=s3.bucket, Key=f"multinode/corpus/part{i}.txt", Body=text[i * quarter:(i + 1) * quarter].encode())
+    runs, run = s3.uri("multinode/runs"), "mn"
+    base = tmp_path_factory.mktemp("multinode")
+    cwd = base / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, **s3.env, "CREAGEN_CACHE_DIR": str(base / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    bg = BackgroundRun([sys.executable, str(ROOT / "tests" / "multinode_run.py"), runs, s3.uri("multinode/corpus"), run],
+                       cwd, env, base, timeout_s=900)
+    try:
+        yield bg, runs, run
+    finally:
+        bg.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_background_runs(request: pytest.FixtureRequest) -> None:
+    """Start the selected tests' background runs at the session's start (today: test_multinode's)."""
+    if any(item.path.name == "test_multinode.py" for item in request.session.items):
+        try:
+            request.getfixturevalue("multinode_run")
+        except pytest.skip.Exception:
+            pass  # moto absent: test_multinode skips with the same reason when it asks for the run

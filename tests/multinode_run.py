@@ -2,8 +2,9 @@
 
     python tests/multinode_run.py STORAGE_URI SOURCE_URI RUN_NAME
 
-Run by tests/test_multinode.py in its own process (the session's local Ray must not share the
-process), with the S3 endpoint and credentials in the environment. `ray.cluster_utils.Cluster`
+Run for tests/test_multinode.py in its own process (the session's local Ray must not share the
+process; the session fixture `multinode_run` starts it with the session), with the S3 endpoint and
+credentials in the environment. `ray.cluster_utils.Cluster`
 starts a head (num_cpus=0 as in cluster.yaml, the dashboard for the state API, resource `head`) and
 two worker nodes (2 logical CPUs, resources `trainer` + `node_a` / `node_b`), each a raylet with its
 own node id. `creagen_ray.training.train` runs in a thread with 2 DDP workers
@@ -29,6 +30,7 @@ import time
 TEMP = tempfile.mkdtemp(prefix="crmn", dir="/tmp")  # short: Ray's socket paths have a length limit
 os.environ["RAY_TMPDIR"] = TEMP  # Cluster() records itself in $RAY_TMPDIR/ray/ray_current_cluster
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")  # a loaded 2-core machine
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # its nodes start beside the session's other tests
 # the Train controller collects reports (and so registers checkpoints) and sees a lost worker at each
 # poll: every 0.5 s instead of 2 s, so the node goes right after the first registered checkpoint
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")

@@ -4,42 +4,27 @@ One run (tests/multinode_run.py, in its own process so the session's local Ray i
 shows: the 2 DDP workers on different nodes (STRICT_SPREAD), the data tasks on the worker nodes
 (never the driver's), the bundle in the bucket, and a worker node removed after the first
 checkpoint survived by resuming from that checkpoint on a replacement node.
+
+The run starts with the test session (the session fixture `multinode_run` in tests/conftest.py), beside the
+tests before this one: they fill the time its cluster waits on process start-ups (alone it took 64 s of
+wall for 96 CPU-s of 2 cores). This test waits for it and checks what it printed.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from creagen_ray.data.builtin import python_docs_text
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_two_nodes_spread_data_off_driver_node_loss_resumes(s3_server, tmp_path: Path) -> None:
+def test_two_nodes_spread_data_off_driver_node_loss_resumes(multinode_run, s3_server) -> None:
     s3 = s3_server
-    text = python_docs_text()
-    quarter = len(text) // 4
-    client = s3.client()
-    for i in range(4):  # several files: several read pieces, split by file
-        client.put_object(Bucket=s3.bucket, Key=f"multinode/corpus/part{i}.txt", Body=text[i * quarter:(i + 1) * quarter].encode())
-    runs, run = s3.uri("multinode/runs"), "mn"
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    env = {**os.environ, **s3.env, "CREAGEN_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("RAY_ADDRESS", None)
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "multinode_run.py"), runs, s3.uri("multinode/corpus"), run],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-4000:]
-    facts = json.loads(r.stdout.strip().splitlines()[-1])
+    bg, runs, run = multinode_run
+    cwd = bg.cwd
+    rc, stdout, stderr = bg.result()
+    assert rc == 0, stderr[-4000:]
+    facts = json.loads(stdout.strip().splitlines()[-1])
     print({k: facts.get(k) for k in ("cluster_up_s", "removed_at_s", "total_s", "checkpoints_at_removal")},
           "resumed from step", facts.get("metrics", {}).get("start_step"), "to", facts.get("metrics", {}).get("step"))
     assert facts["training_finished"] and "error" not in facts, facts.get("error")
