@@ -216,7 +216,8 @@ def test_save_load_gives_identical_samples_and_training():
 
 def test_mixture_prior_kl_samples_and_persistence():
     """prior mog: the one-sample KL averages to the exact KL when the mixture is N(0, I); the mixture's
-    parameters learn with the ELBO; samples come from the mixture (seeded) and survive save/load."""
+    parameters learn with the ELBO (with prior_weights uniform all but the weights); samples come from the mixture
+    (seeded) and survive save/load."""
     from creagen_ray import losses
     from creagen_ray.families.vae import MixturePrior
 
@@ -248,6 +249,19 @@ def test_mixture_prior_kl_samples_and_persistence():
     assert torch.equal(twin.sample(3, seed=2), fam.sample(3, seed=2))
     with pytest.raises(ValueError, match="free_bits"):
         make_image_vae(prior="mog", free_bits=0.1)
+
+    # prior_weights uniform: means and variances train, the weights stay 1/K and samples draw each component equally
+    fam = make_image_vae(prior="mog", prior_components=5, prior_weights="uniform")
+    before = {k: v.clone() for k, v in fam.raw("vae").prior.state_dict().items()}
+    train(fam, drawn_shapes(32), steps=3, batch=8)
+    after = fam.raw("vae").prior.state_dict()
+    assert not torch.equal(before["means"], after["means"]) and not torch.equal(before["logvars"], after["logvars"])
+    assert torch.equal(after["logits"], torch.zeros(5))
+    prior = fam.raw("vae").prior
+    with torch.no_grad():  # components far apart: the nearest mean names the component each draw came from
+        prior.means.copy_(100.0 * torch.eye(5, 8))
+    counts = torch.bincount(torch.cdist(fam.latents(5000, seed=3), prior.means).argmin(1), minlength=5)
+    assert counts.min() > 850 and counts.max() < 1150, counts
 
 
 def test_mismatched_image_sizes_are_clear_errors():

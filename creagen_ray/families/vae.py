@@ -11,8 +11,9 @@ arch "conv" (images [B, C, S, S], S in 28/32/64/...): ConvEncoder -> (mu, logvar
   summed over pixels). `model.prior` "normal" is p(z) = N(0, I) with the closed-form KL; "mog" is a
   mixture of `prior_components` diagonal Gaussians whose means, variances and weights are learned
   with the rest of the ELBO (a learned prior as in Tomczak & Welling 2018), KL estimated with the same
-  z draw as the reconstruction: log q(z|x) - log p(z). Samples and interpolations decode draws from
-  that prior.
+  z draw as the reconstruction: log q(z|x) - log p(z); `prior_weights: uniform` fixes the weights at
+  1/K (as the VampPrior does), so the components spread by the data's density instead. Samples and
+  interpolations decode draws from that prior.
 arch "sentence" (Bowman et al. 2016, "Generating Sentences from a Continuous Space"): each training
   window tokens [B, T+1] is one "sentence" (all T+1 tokens are encoded and all T+1 are predicted).
   A GRU reads it into (mu, logvar); a GRU decoder starts from h0 = tanh(W z), gets z concatenated to
@@ -67,6 +68,11 @@ class VAEConfig(FamilyConfig):
         "the rest of the ELBO (its KL term is then the one-sample estimate log q(z|x) - log p(z))",
     )
     prior_components: int = Field(10, ge=1, description="conv arch, prior mog: number of mixture components")
+    prior_weights: Literal["learned", "uniform"] = Field(
+        "learned",
+        description="conv arch, prior mog: mixture weights learned with the ELBO, or fixed at 1/K (then the "
+        "components spread by the data's density and prior samples draw every component equally often)",
+    )
     beta: float = Field(1.0, ge=0.0, description="weight of the KL term (beta-VAE)")
     kl_anneal_steps: int = Field(0, ge=0, description="KL weight rises linearly 0 -> beta over these steps")
     embed_dim: int = Field(64, ge=1, description="sentence arch")
@@ -105,11 +111,12 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
 class MixturePrior(nn.Module):
     """p(z) = sum_k pi_k N(z; m_k, diag(exp(v_k))): K learned diagonal Gaussians in L dimensions."""
 
-    def __init__(self, components: int, latent_dim: int) -> None:
+    def __init__(self, components: int, latent_dim: int, learn_weights: bool = True) -> None:
         super().__init__()
         self.means = nn.Parameter(torch.randn(components, latent_dim))  # [K, L]
         self.logvars = nn.Parameter(torch.zeros(components, latent_dim))  # [K, L]
-        self.logits = nn.Parameter(torch.zeros(components))  # [K]: mixture weights pi = softmax(logits)
+        # [K]: mixture weights pi = softmax(logits); frozen at 0 (pi = 1/K) unless learn_weights
+        self.logits = nn.Parameter(torch.zeros(components), requires_grad=learn_weights)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) [B] for latents z [B, L]."""
@@ -140,10 +147,11 @@ class ConvVAE(nn.Module):
         hidden: int = 0,
         norm: Norm = "batch",
         prior_components: int = 0,
+        learn_prior_weights: bool = True,
     ) -> None:
         super().__init__()
         # p(z): N(0, I) when prior_components is 0, else a learned Gaussian mixture
-        self.prior = MixturePrior(prior_components, latent_dim) if prior_components else None
+        self.prior = MixturePrior(prior_components, latent_dim, learn_prior_weights) if prior_components else None
         if hidden:
             self.encoder = nn.Sequential(
                 ConvEncoder(channels, image_size, base, out_dim=hidden, norm=norm),
@@ -266,7 +274,14 @@ class VAEFamily(Family):
                 raise ValueError("free_bits works on the closed-form KL of the N(0, I) prior; set prior: normal")
             components = m.prior_components if m.prior == "mog" else 0
             self.modules["vae"] = ConvVAE(
-                self.spec.channels, self.spec.image_size, m.latent_dim, m.base_channels, m.hidden_dim, m.norm, components
+                self.spec.channels,
+                self.spec.image_size,
+                m.latent_dim,
+                m.base_channels,
+                m.hidden_dim,
+                m.norm,
+                components,
+                m.prior_weights == "learned",
             )
         else:
             if self.spec.modality != "text" or not self.spec.vocab_size:
