@@ -7,13 +7,15 @@ checkpoint and, by SIGKILLing one worker process mid-run, the FailureConfig rest
 tests/faults.py, never from the loop. The conv VAE's DDP checks (loss falls, replicas equal, PNG grid,
 tampered bundle) ride on the shipped demo-vae.yaml run, the DCGAN's (fcd falls, replicas equal, bundle
 generates, FeatureNet cached) on the shipped demo-gan.yaml run (tests/test_shipped_configs.py): one Train
-run fewer (~40 CPU-seconds).
+run fewer (~40 CPU-seconds). The NaN run trains beside the RNN run's first part (a thread, fractional CPUs: the two
+runs fit the cluster's 2 CPUs at once); the RNN test waits for it before the part that kills a worker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,30 @@ def rnn_cfg(storage: Path, **train: Any):
     )
 
 
+def nan_cfg(storage: Path):
+    """The test-only "diverging" family (tests/faults.py) in rnn_cfg's run: its loss turns NaN at step 15."""
+    cfg = rnn_cfg(storage, steps=30, max_failures=1, cpus_per_worker=0.25).model_dump(mode="json")
+    cfg["model"] = {"family": "diverging", "nan_at_step": 15}
+    return validate_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def nan_run(ray_cluster, storage: Path) -> Future:
+    """test_nan_loss_...'s `train` call, started in a thread once the module's data is prepared (both runs read it).
+
+    It runs beside the RNN run's first part: 2 x 0.25 CPU beside that run's 2 x 0.5 (its data is materialized: no Ray
+    Data tasks need a CPU meanwhile). Each mostly waits on its own worker start-up, so the two overlap well.
+    """
+    from creagen_ray.data import prepare_data
+
+    cfg = nan_cfg(storage)
+    prepare_data(cfg.data, storage_path=cfg.train.storage_path)  # prepared once, before either run reads it
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nan-run") as pool:
+        future = pool.submit(train, cfg, run_name="rnn-nan", progress=False)
+        yield future
+        future.exception()  # wait for it, whatever the tests did
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     """MetricsLogCallback lines: {"ranks": [rank0 metrics, rank1 metrics], "checkpoint": ...}."""
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -76,7 +102,7 @@ def adam_steps(state: dict[str, Any], stepper: str = "main") -> int:
     return int(next(iter(opt.values()))["step"])
 
 
-def test_rnn_ddp_bundle_resume_and_worker_kill(ray_cluster, storage: Path, tmp_path: Path) -> None:
+def test_rnn_ddp_bundle_resume_and_worker_kill(ray_cluster, storage: Path, tmp_path: Path, nan_run: Future) -> None:
     """2-worker DDP RNN: loss falls, replicas equal, bundle generates; re-run resumes; a killed worker restores."""
     log_a = tmp_path / "a.jsonl"
     res = train(rnn_cfg(storage, steps=20, tracking="mlflow"), run_name="rnn", progress=False,
@@ -104,6 +130,8 @@ def test_rnn_ddp_bundle_resume_and_worker_kill(ray_cluster, storage: Path, tmp_p
 
     # Same run name, 30 steps: resumes at 10. A test callback SIGKILLs one worker process right after
     # the step-20 checkpoint (the rerun's first) is recorded; FailureConfig restarts from that checkpoint.
+    # The callback picks the newest Train worker under the raylet: the NaN run beside the first part has ended first.
+    nan_run.exception()
     marker = tmp_path / "killed"
     log_b = tmp_path / "b.jsonl"
     res2 = train(
@@ -153,14 +181,13 @@ def assert_mlflow_run(storage: Path, experiment: str, run_name: str, bundle: Pat
     assert sample.name == "samples.txt" and len(sample.read_text()) > 100
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(ray_cluster, storage: Path) -> None:
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(nan_run: Future) -> None:
     """A NaN loss at step 15 raises NonFiniteLossError naming the step; the step-10 checkpoint stays good.
 
-    The NaN comes from the test-only "diverging" family (tests/faults.py), through its real backward pass."""
-    cfg = rnn_cfg(storage, steps=30, max_failures=1).model_dump(mode="json")
-    cfg["model"] = {"family": "diverging", "nan_at_step": 15}
+    The NaN comes from the test-only "diverging" family (tests/faults.py), through its real backward pass; the
+    `train` call ran in the nan_run thread."""
     with pytest.raises(NonFiniteLossError, match="step 15") as err:
-        train(validate_config(cfg), run_name="rnn-nan", progress=False)
+        nan_run.result()
     assert err.value.step == 15
     ckpt = err.value.checkpoint
     assert ckpt is not None
