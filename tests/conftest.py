@@ -31,6 +31,10 @@ os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 # this many files; at 0 it globs every 0.5 s (LOG_NAME_UPDATE_INTERVAL_S) and still reads the open files every pass.
 # Measured under load (proccpu.py, tests/test_training.py): its CPU 1.73 s -> 1.16 s in a 2-minute module.
 os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+# A process joining Ray waits up to 2 minutes for its node's registration in the GCS (RAY_raylet_start_wait_time_s,
+# 30 s by default; the commands the tests run set it too): the session cluster starts beside test_multinode's run
+# (multinode_run below), and on a loaded 2-core machine 30 s ran out before
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

@@ -30,7 +30,7 @@ import time
 TEMP = tempfile.mkdtemp(prefix="crmn", dir="/tmp")  # short: Ray's socket paths have a length limit
 os.environ["RAY_TMPDIR"] = TEMP  # Cluster() records itself in $RAY_TMPDIR/ray/ray_current_cluster
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")  # a loaded 2-core machine
-os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # its nodes start beside the session's other tests
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # the wait for a node's registration: beside other tests
 # the Train controller collects reports (and so registers checkpoints) and sees a lost worker at each
 # poll: every 0.5 s instead of 2 s, so the node goes right after the first registered checkpoint
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
