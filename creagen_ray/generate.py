@@ -19,9 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from creagen_ray.bundle import BundleError, load_bundle
 from creagen_ray.config import ConfigError, ImageRequest, TextRequest, format_validation_error
-from creagen_ray.images import png_bytes
 from creagen_ray.provenance import is_creagen, provenance, read_png_text, with_png_text
 
 
@@ -71,6 +69,9 @@ def write_png(data: bytes, out: str | Path) -> Path:
 
 def generate_local(args: argparse.Namespace) -> int:
     """Load and verify a bundle, generate in this process; PNGs carry provenance text chunks."""
+    from creagen_ray.bundle import load_bundle  # torch: only here, so `--url` is a light HTTP client
+    from creagen_ray.images import png_bytes
+
     bundle = load_bundle(args.bundle)
     if bundle.modality == "text":
         print_texts(args.prompt, bundle.generate(text_request(args)))
@@ -124,8 +125,13 @@ def generate_cli(args: argparse.Namespace) -> int:
 
     if bool(args.bundle) == bool(args.url):
         raise ConfigError("give either a BUNDLE directory or --url URL (with --model ID)")
+    errors: tuple[type[Exception], ...] = (CreagenHTTPError, httpx.HTTPError)
+    if not args.url:
+        from creagen_ray.bundle import BundleError
+
+        errors += (BundleError,)
     try:
         return generate_remote(args) if args.url else generate_local(args)
-    except (BundleError, CreagenHTTPError, httpx.HTTPError) as e:
+    except errors as e:
         print(f"creagen: {e}", file=sys.stderr)
         return 1

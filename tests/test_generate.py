@@ -90,3 +90,13 @@ def test_url_mode_against_a_server(bundles: Path, tmp_path: Path, capsys: pytest
         assert text.startswith("the ") and len(text) == 24 and set(text) <= set(TEXT)
         assert main(["generate", "--url", url, "--model", "missing", "--n", "1"]) == 1
         assert "404" in capsys.readouterr().err
+
+
+def test_url_mode_imports_no_torch() -> None:
+    """`creagen generate --url` is an HTTP client: its code path imports neither torch nor Ray (~3 CPU-s each)."""
+    probe = (
+        "import sys; from creagen_ray import cli, generate; from creagen_ray.serving import client; "
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]", out
