@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 
 from creagen_ray.bundle import load_bundle  # noqa: E402
 from creagen_ray.config import TextRequest  # noqa: E402
-from creagen_ray.metrics.text import CharLM, sample_report  # noqa: E402
+from creagen_ray.metrics.text import CharLM, bleu4, novelty, sample_report, self_bleu4  # noqa: E402
 from creagen_ray.training.sample_metrics import split_texts, spread  # noqa: E402
 
 
@@ -177,6 +177,35 @@ def latent_use_report(vae: Any, prepared: Any, n: int) -> dict[str, float]:
                 "kl_nats": round(kl, 2)}
 
 
+def code_spread(gan: Any, prepared: Any, n: int) -> dict[str, dict[str, float]]:
+    """A latent GAN's n codes (seeds 0..n-1, as its row) beside its VAE's train codes and n prior draws.
+
+    Per set: `dim_std` the per-dim standard deviation averaged over dims, `pair` the mean pairwise L2
+    distance (spread: a collapsed G has both below its target's), `nn_train` the mean distance to the
+    nearest of 2,048 other training windows' posterior means (closeness to the target), `norm` the
+    mean L2 norm. "train codes" are the posterior means of the --train-codes row's windows.
+    """
+    import torch
+
+    vae = gan.vae.raw("vae")
+    vae.eval()
+    tokens = torch.from_numpy(prepared.read_numpy("train", ["tokens"])["tokens"]).long()
+    with torch.no_grad():
+        train = vae.encode(train_tokens(prepared, n).to(gan.device))[0].float().cpu()  # [n, Z]
+        pick = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(12345))[:2048]
+        ref = vae.encode(tokens[pick].to(gan.device))[0].float().cpu()  # [2048, Z]
+    codes = gan.distributions(torch.cat([gan.latents(1, i) for i in range(n)]))  # [n, Z], as the GAN row's samples
+    prior = torch.randn(n, train.size(1), generator=torch.Generator().manual_seed(54321))
+
+    def stats(x: Any) -> dict[str, float]:
+        d = torch.cdist(x, x)
+        return {"dim_std": round(x.std(0).mean().item(), 3), "pair": round((d.sum() / (len(x) * (len(x) - 1))).item(), 3),
+                "nn_train": round(torch.cdist(x, ref).min(1).values.mean().item(), 3),
+                "norm": round(x.norm(dim=1).mean().item(), 3)}
+
+    return {"train codes": stats(train), "GAN codes": stats(codes), "prior draws": stats(prior)}
+
+
 def main() -> None:
     """Print a markdown table (and JSON) of sample metrics for the real held-out text and each bundle."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -193,6 +222,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=128, help="samples per generator (and held-out windows)")
     p.add_argument("--lm-steps", type=int, default=600, help="training steps of the reference and reverse LMs")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every generator row")
+    p.add_argument("--also-temperatures", type=float, nargs="*", default=[],
+                   help="also score every generator row at these temperatures (all rows alike; no reverse LM)")
+    p.add_argument("--seed", type=int, default=0, help="--train: the families' training seed (init and batches)")
     p.add_argument("--storage", default="./runs", help="where the bundles' prepared data lives")
     p.add_argument("--prepared", help="an already prepared data folder to use (instead of preparing --corpus)")
     args = p.parse_args()
@@ -234,31 +266,41 @@ def main() -> None:
         model, opt = TRAINED["text GAN (latent)"]
         TRAINED["text GAN (latent)"] = (model, {**opt, "lr": args.gan_lr})
     if args.train:
-        families.update(train_here(prepared, data.model_dump(mode="json"), args.train, args.gan_steps, args.char_gan))
+        families.update(train_here(prepared, data.model_dump(mode="json"), args.train, args.gan_steps, args.char_gan,
+                                   seed=args.seed))
     length = int(prepared.spec.seq_len)
     train_windows = prepared.read_numpy("train", ["tokens"])["tokens"]
     train = "".join(split_texts(prepared, "train", len(train_windows)))  # the whole train split (novelty8, LM)
     heldout = split_texts(prepared, "val", 2 * args.n)
     real, refs = heldout[: args.n], heldout[args.n :]
-    rows = {"real held-out": real}
-    seen: list[Any] = []  # sentence VAEs (one row each, however many generators share its weights)
-    for label, fam in families.items():
-        reqs = [TextRequest(n=1, seed=i, max_new_tokens=length, temperature=args.temperature) for i in range(args.n)]
-        rows[label] = [t[0] for t in fam.generate_many(reqs)]
-        vae = sentence_vae(fam)
-        if vae is not None and not any(same_weights(vae, v) for v in seen):
-            seen.append(vae)
-            name = label.split(" (")[0]
-            rows[f"{name} decoding held-out codes"] = decode_codes(vae, heldout_tokens(prepared, args.n), length, args.temperature)
-            if args.train_codes:
-                rows[f"{name} decoding train codes"] = decode_codes(vae, train_tokens(prepared, args.n), length, args.temperature)
-            latent_use[label] = latent_use_report(vae, prepared, args.n)
+    def sample_rows(temperature: float) -> dict[str, list[str]]:
+        """Every generator's samples (and each distinct sentence VAE's decoded codes) at one temperature."""
+        rows = {"real held-out": real}
+        seen: list[Any] = []  # sentence VAEs (one row each, however many generators share its weights)
+        for label, fam in families.items():
+            reqs = [TextRequest(n=1, seed=i, max_new_tokens=length, temperature=temperature) for i in range(args.n)]
+            rows[label] = [t[0] for t in fam.generate_many(reqs)]
+            vae = sentence_vae(fam)
+            if vae is not None and not any(same_weights(vae, v) for v in seen):
+                seen.append(vae)
+                name = label.split(" (")[0]
+                rows[f"{name} decoding held-out codes"] = decode_codes(vae, heldout_tokens(prepared, args.n), length, temperature)
+                if args.train_codes:
+                    rows[f"{name} decoding train codes"] = decode_codes(vae, train_tokens(prepared, args.n), length, temperature)
+                latent_use[label] = latent_use_report(vae, prepared, args.n)
+        return rows
+
+    rows = sample_rows(args.temperature)
+    spreads = {k: code_spread(f, prepared, args.n) for k, f in families.items() if getattr(f, "approach", None) == "latent"}
     vocab = sorted(set(train).union(*[c for r in rows.values() for c in r], *refs))
     lm = CharLM.fit(train, vocab, steps=args.lm_steps)
     table = {k: sample_report(v, train, refs, lm, reverse_steps=args.lm_steps) for k, v in rows.items()}
-    for k, v in rows.items():  # the LM score's standard error over samples (each sample is one window)
+    def lm_se(v: list[str]) -> float:  # the LM score's standard error over samples (each sample is one window)
         per = np.array([lm.nats_per_char([t]) for t in v if len(t) > 1])
-        table[k]["lm_se"] = float(per.std(ddof=1) / len(per) ** 0.5)
+        return float(per.std(ddof=1) / len(per) ** 0.5)
+
+    for k, v in rows.items():
+        table[k]["lm_se"] = lm_se(v)
     cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
     print("| samples | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for k, m in table.items():
@@ -267,9 +309,24 @@ def main() -> None:
         print(f"{k} sample: {v[0]!r}")
     for k, v in latent_use.items():
         print(f"{k} latent use (held-out, nats/char): {v}")
+    for k, v in spreads.items():
+        print(f"{k} code spread (n {args.n}): {v}")
+    also: dict[str, dict[str, dict[str, float]]] = {}
+    for temp in args.also_temperatures:  # the same seeds and scorers, every generator row at `temp`
+        cols_t = ["lm_score", "lm_se", "bleu4", "self_bleu4", "novelty8"]
+        print(f"\ntemperature {temp} (every generator row; real held-out unchanged)\n| samples | "
+              + " | ".join(cols_t) + " |\n|---|" + "---|" * len(cols_t))
+        also[str(temp)] = {}
+        for k, v in sample_rows(temp).items():
+            m = {"lm_score": lm.nats_per_char(v), "lm_se": lm_se(v), "bleu4": bleu4(v, refs),
+                 "self_bleu4": self_bleu4(v), "novelty8": novelty(v, train, n=8)}
+            also[str(temp)][k] = {c: round(x, 4) for c, x in m.items()}
+            print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols_t) + " |", flush=True)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
                       "train_steps": args.train, "gan_steps": args.gan_steps,
                       "temperature": args.temperature, "free_bits": args.free_bits, "gan_lr": args.gan_lr,
+                      "seed": args.seed, "also_temperatures": also, "code_spread": spreads,
+                      "table": {k: {c: round(m[c], 4) for c in cols} for k, m in table.items()},
                       "corpus": next((k for k, c in CORPORA.items() if c["source"] == data.source), data.source),
                       "source": data.source,
                       "uptime": os.popen("uptime").read().strip()}))
