@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 
 from creagen_ray.bundle import load_bundle  # noqa: E402
 from creagen_ray.config import TextRequest  # noqa: E402
-from creagen_ray.metrics.text import CharLM, bleu4, novelty, sample_report, self_bleu4  # noqa: E402
+from creagen_ray.metrics.text import CharLM, bleu4, novelty, sample_report, self_bleu4_scores  # noqa: E402
 from creagen_ray.training.sample_metrics import split_texts, spread  # noqa: E402
 
 
@@ -299,9 +299,14 @@ def main() -> None:
         per = np.array([lm.nats_per_char([t]) for t in v if len(t) > 1])
         return float(per.std(ddof=1) / len(per) ** 0.5)
 
+    def bleu_se(v: list[str]) -> tuple[float, float]:  # self-BLEU-4 and its standard error over the samples
+        per = np.array(self_bleu4_scores(v))
+        return float(per.mean()), float(per.std(ddof=1) / len(per) ** 0.5)
+
     for k, v in rows.items():
         table[k]["lm_se"] = lm_se(v)
-    cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
+        table[k]["self_bleu_se"] = bleu_se(v)[1]
+    cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "self_bleu_se", "novelty8"]
     print("| samples | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for k, m in table.items():
         print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
@@ -313,13 +318,14 @@ def main() -> None:
         print(f"{k} code spread (n {args.n}): {v}")
     also: dict[str, dict[str, dict[str, float]]] = {}
     for temp in args.also_temperatures:  # the same seeds and scorers, every generator row at `temp`
-        cols_t = ["lm_score", "lm_se", "bleu4", "self_bleu4", "novelty8"]
+        cols_t = ["lm_score", "lm_se", "bleu4", "self_bleu4", "self_bleu_se", "novelty8"]
         print(f"\ntemperature {temp} (every generator row; real held-out unchanged)\n| samples | "
               + " | ".join(cols_t) + " |\n|---|" + "---|" * len(cols_t))
         also[str(temp)] = {}
         for k, v in sample_rows(temp).items():
+            sb, sb_se = bleu_se(v)
             m = {"lm_score": lm.nats_per_char(v), "lm_se": lm_se(v), "bleu4": bleu4(v, refs),
-                 "self_bleu4": self_bleu4(v), "novelty8": novelty(v, train, n=8)}
+                 "self_bleu4": sb, "self_bleu_se": sb_se, "novelty8": novelty(v, train, n=8)}
             also[str(temp)][k] = {c: round(x, 4) for c, x in m.items()}
             print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols_t) + " |", flush=True)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from creagen_ray.metrics.text import CharLM, bleu4, lm_score, ngram_js, reverse_lm_score, sample_report, self_bleu4
+from creagen_ray.metrics.text import (CharLM, bleu4, lm_score, ngram_js, reverse_lm_score, sample_report, self_bleu4,
+                                    self_bleu4_scores)
 
 @pytest.fixture
 def one_thread():
@@ -28,7 +29,10 @@ def test_bleu_and_self_bleu_known_cases() -> None:
     assert bleu4([s], [s]) == 1.0
     assert self_bleu4([s, s, s]) == 1.0
     assert bleu4(["zz yy xx ww vv"], [s]) < 0.05
-    assert 0.0 < self_bleu4([s, "the quick red fox runs past the sleepy cat", "a b c d e"]) < 1.0
+    mixed = [s, "the quick red fox runs past the sleepy cat", "a b c d e"]
+    assert 0.0 < self_bleu4(mixed) < 1.0
+    per = self_bleu4_scores(mixed + [""])  # one term per non-empty sample, self_bleu4 their mean
+    assert len(per) == 3 and per[2] < per[0] and self_bleu4(mixed) == pytest.approx(sum(per) / 3)
 
 
 def test_lm_score_of_training_text_below_shuffled_characters(one_thread: None) -> None:

@@ -256,16 +256,21 @@ def bleu4(samples: str | Iterable[str], references: Iterable[str]) -> float:
     return float(np.mean([sentence_bleu(refs, h, smoothing_function=smooth) for h in hyps]))
 
 
-def self_bleu4(samples: Iterable[str]) -> float:
-    """Mean BLEU-4 of each sample against all the others (Texygen's self-BLEU; 1 = all alike)."""
+def self_bleu4_scores(samples: Iterable[str]) -> list[float]:
+    """BLEU-4 of each (non-empty) sample against all the others: self_bleu4's terms (for a standard error)."""
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
     hyps = [h for h in _words(samples) if h]
     if len(hyps) < 2:
-        return float("nan")
+        return []
     smooth = SmoothingFunction().method1
-    scores = [sentence_bleu(hyps[:i] + hyps[i + 1 :], h, smoothing_function=smooth) for i, h in enumerate(hyps)]
-    return float(np.mean(scores))
+    return [float(sentence_bleu(hyps[:i] + hyps[i + 1 :], h, smoothing_function=smooth)) for i, h in enumerate(hyps)]
+
+
+def self_bleu4(samples: Iterable[str]) -> float:
+    """Mean BLEU-4 of each sample against all the others (Texygen's self-BLEU; 1 = all alike)."""
+    scores = self_bleu4_scores(samples)
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------
