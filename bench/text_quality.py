@@ -12,7 +12,7 @@ the same decoder, prior codes vs GAN codes) and, with --char-gan, the char-level
 critic steps). A quick, reproducible comparison, not the models' best.
 
 --corpus python-docs: builtin:python-docs (jobs/configs/text-gan.yaml's data); --corpus
-shakespeare: ../shared/data/tinyshakespeare/input.txt (nanoGPT's split, last 10% held out), 32-char
+shakespeare: $CREAGEN_SHARED_DATA (default ../shared/data)/tinyshakespeare/input.txt (nanoGPT's split, last 10% held out), 32-char
 windows (about one verse line each). Both: 32-char windows, held-out windows as the "sentences".
 
 Every bundle must be trained on the same corpus (the first bundle's prepared data is used: its
@@ -56,7 +56,8 @@ from creagen_ray.training.sample_metrics import split_texts, spread  # noqa: E40
 
 CORPORA = {  # --corpus: the data section (32-char windows; python-docs is text-gan.yaml's)
     "python-docs": {"source": "builtin:python-docs", "modality": "text", "tokenizer": "char", "seq_len": 32},
-    "shakespeare": {"source": str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"), "modality": "text",
+    "shakespeare": {"source": str(Path(os.environ.get("CREAGEN_SHARED_DATA", ROOT.parent / "shared/data"))
+                                  / "tinyshakespeare/input.txt"), "modality": "text",
                     "tokenizer": "char", "seq_len": 32, "val_fraction": 0.1},
 }
 SENTENCE_VAE = {"arch": "sentence", "latent_dim": 16, "embed_dim": 32, "hidden_size": 128, "kl_anneal_steps": 200,
@@ -224,6 +225,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every generator row")
     p.add_argument("--also-temperatures", type=float, nargs="*", default=[],
                    help="also score every generator row at these temperatures (all rows alike; no reverse LM)")
+    p.add_argument("--no-reverse-lm", action="store_true", help="skip the reverse LM column (nan): much faster")
     p.add_argument("--seed", type=int, default=0, help="--train: the families' training seed (init and batches)")
     p.add_argument("--storage", default="./runs", help="where the bundles' prepared data lives")
     p.add_argument("--prepared", help="an already prepared data folder to use (instead of preparing --corpus)")
@@ -294,7 +296,11 @@ def main() -> None:
     spreads = {k: code_spread(f, prepared, args.n) for k, f in families.items() if getattr(f, "approach", None) == "latent"}
     vocab = sorted(set(train).union(*[c for r in rows.values() for c in r], *refs))
     lm = CharLM.fit(train, vocab, steps=args.lm_steps)
-    table = {k: sample_report(v, train, refs, lm, reverse_steps=args.lm_steps) for k, v in rows.items()}
+    if args.no_reverse_lm:  # the other columns only (the reverse LMs are most of the scoring time)
+        table = {k: {"lm_score": lm.nats_per_char(v), "reverse_lm_score": float("nan"), "bleu4": bleu4(v, refs),
+                     "self_bleu4": float("nan"), "novelty8": novelty(v, train, n=8)} for k, v in rows.items()}
+    else:
+        table = {k: sample_report(v, train, refs, lm, reverse_steps=args.lm_steps) for k, v in rows.items()}
     def lm_se(v: list[str]) -> float:  # the LM score's standard error over samples (each sample is one window)
         per = np.array([lm.nats_per_char([t]) for t in v if len(t) > 1])
         return float(per.std(ddof=1) / len(per) ** 0.5)
@@ -305,11 +311,12 @@ def main() -> None:
 
     for k, v in rows.items():
         table[k]["lm_se"] = lm_se(v)
-        table[k]["self_bleu_se"] = bleu_se(v)[1]
-    cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "self_bleu_se", "novelty8"]
+        table[k]["self_bleu4"], table[k]["self_bleu_se"] = bleu_se(v)  # the same mean as sample_report's
+    cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
     print("| samples | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for k, m in table.items():
         print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+    print("self-BLEU-4 standard errors: " + ", ".join(f"{k} {m['self_bleu_se']:.4f}" for k, m in table.items()))
     for k, v in rows.items():
         print(f"{k} sample: {v[0]!r}")
     for k, v in latent_use.items():
@@ -331,8 +338,8 @@ def main() -> None:
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
                       "train_steps": args.train, "gan_steps": args.gan_steps,
                       "temperature": args.temperature, "free_bits": args.free_bits, "gan_lr": args.gan_lr,
-                      "seed": args.seed, "also_temperatures": also, "code_spread": spreads,
-                      "table": {k: {c: round(m[c], 4) for c in cols} for k, m in table.items()},
+                      "seed": args.seed, "no_reverse_lm": args.no_reverse_lm, "also_temperatures": also, "code_spread": spreads,
+                      "table": {k: {c: round(m[c], 4) for c in [*cols, "self_bleu_se"]} for k, m in table.items()},
                       "corpus": next((k for k, c in CORPORA.items() if c["source"] == data.source), data.source),
                       "source": data.source,
                       "uptime": os.popen("uptime").read().strip()}))
