@@ -70,7 +70,8 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
                            model={"family": "rnn", "hidden_size": 32, "num_layers": 1})
     write_bundle(build_family(cfg, prepared.spec, tokenizer=prepared.tokenizer), tmp_path / "rnn-bundle")
     out = run_bench(["bench/text_quality.py", f"mine={tmp_path / 'rnn-bundle'}", "--train", "2", "--gan-steps", "2",
-                     "--char-gan", "--n", "4", "--lm-steps", "2", "--prepared", str(prepared.path)], tmp_path)
+                     "--char-gan", "--n", "4", "--lm-steps", "2", "--prepared", str(prepared.path),
+                     "--seed", "1", "--also-temperatures", "0.7"], tmp_path)
     lines = out.splitlines()
     cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
     head = lines.index("| samples | " + " | ".join(cols) + " |")
@@ -93,7 +94,12 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     use = re.search(r"^sentence VAE \(prior\) latent use \(held-out, nats/char\): (\{.*\})$", out, re.M)
     assert use and set(ast.literal_eval(use.group(1))) == {"own_code", "other_code", "zero_code", "kl_nats"}
     record = json.loads(lines[-1])
-    assert (record["n"], record["lm_steps"], record["train_steps"], record["gan_steps"]) == (4, 2, 2, 2)
+    assert (record["n"], record["lm_steps"], record["train_steps"], record["gan_steps"], record["seed"]) == (4, 2, 2, 2, 1)
+    # --also-temperatures 0.7: every generator row scored again at 0.7, printed and in the JSON
+    assert "temperature 0.7 (every generator row; real held-out unchanged)" in out
+    also = record["also_temperatures"]["0.7"]
+    assert set(also) == set(rows), also  # real held-out too (its numbers unchanged)
+    assert all(m["lm_score"] > 0 and 0 <= m["novelty8"] <= 1 for m in also.values()), also
     assert "load average" in record["uptime"] and record["seconds"] > 0
 
 
