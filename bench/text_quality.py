@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 
 from creagen_ray.bundle import load_bundle  # noqa: E402
 from creagen_ray.config import TextRequest  # noqa: E402
-from creagen_ray.metrics.text import CharLM, bleu4, novelty, sample_report, self_bleu4_scores  # noqa: E402
+from creagen_ray.metrics.text import CharLM, bleu4, lm_score, novelty, reverse_lm_score, self_bleu4_scores  # noqa: E402
 from creagen_ray.training.sample_metrics import split_texts, spread  # noqa: E402
 
 
@@ -296,11 +296,6 @@ def main() -> None:
     spreads = {k: code_spread(f, prepared, args.n) for k, f in families.items() if getattr(f, "approach", None) == "latent"}
     vocab = sorted(set(train).union(*[c for r in rows.values() for c in r], *refs))
     lm = CharLM.fit(train, vocab, steps=args.lm_steps)
-    if args.no_reverse_lm:  # the other columns only (the reverse LMs are most of the scoring time)
-        table = {k: {"lm_score": lm.nats_per_char(v), "reverse_lm_score": float("nan"), "bleu4": bleu4(v, refs),
-                     "self_bleu4": float("nan"), "novelty8": novelty(v, train, n=8)} for k, v in rows.items()}
-    else:
-        table = {k: sample_report(v, train, refs, lm, reverse_steps=args.lm_steps) for k, v in rows.items()}
     def lm_se(v: list[str]) -> float:  # the LM score's standard error over samples (each sample is one window)
         per = np.array([lm.nats_per_char([t]) for t in v if len(t) > 1])
         return float(per.std(ddof=1) / len(per) ** 0.5)
@@ -309,9 +304,15 @@ def main() -> None:
         per = np.array(self_bleu4_scores(v))
         return float(per.mean()), float(per.std(ddof=1) / len(per) ** 0.5)
 
-    for k, v in rows.items():
-        table[k]["lm_se"] = lm_se(v)
-        table[k]["self_bleu4"], table[k]["self_bleu_se"] = bleu_se(v)  # the same mean as sample_report's
+    def scores(v: list[str], reverse: bool) -> dict[str, float]:
+        """sample_report's metrics (the same functions), each once, with the standard errors beside them."""
+        sb, sb_se = bleu_se(v)
+        rev = reverse_lm_score(v, refs, lm.chars, steps=args.lm_steps) if reverse else float("nan")
+        return {"lm_score": lm_score(v, lm), "lm_se": lm_se(v), "reverse_lm_score": rev, "bleu4": bleu4(v, refs),
+                "self_bleu4": sb, "self_bleu_se": sb_se, "novelty8": novelty(v, train, n=8)}
+
+    # --no-reverse-lm: nan in that column (the reverse LMs are most of the scoring time)
+    table = {k: scores(v, reverse=not args.no_reverse_lm) for k, v in rows.items()}
     cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
     print("| samples | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for k, m in table.items():
@@ -330,10 +331,8 @@ def main() -> None:
               + " | ".join(cols_t) + " |\n|---|" + "---|" * len(cols_t))
         also[str(temp)] = {}
         for k, v in sample_rows(temp).items():
-            sb, sb_se = bleu_se(v)
-            m = {"lm_score": lm.nats_per_char(v), "lm_se": lm_se(v), "bleu4": bleu4(v, refs),
-                 "self_bleu4": sb, "self_bleu_se": sb_se, "novelty8": novelty(v, train, n=8)}
-            also[str(temp)][k] = {c: round(x, 4) for c, x in m.items()}
+            m = scores(v, reverse=False)
+            also[str(temp)][k] = {c: round(m[c], 4) for c in cols_t}
             print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols_t) + " |", flush=True)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
                       "train_steps": args.train, "gan_steps": args.gan_steps,
