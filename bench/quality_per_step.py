@@ -80,19 +80,19 @@ def scores(model: str, fam, data: dict) -> dict:
         m = fam.evaluate([{"image": ev[i : i + 500]} for i in range(0, len(ev), 500)])
         out["neg_elbo"] = m["val_neg_elbo"]
         out["active_units"] = m["val_active_units"]
-    out["samples"] = torch.cat([fam.sample(500, seed=1000 + i) for i in range(N_SAMPLES // 500)])
+    out["samples"] = torch.cat([fam.sample(500, seed=1000 + i).cpu() for i in range(N_SAMPLES // 500)])
     return out
 
 
 def project(model: str, raw: dict, images: int, data: dict, seed: int = 0, at: tuple[int, ...] = (),
-            on_score=None) -> dict:
+            on_score=None, device: str = "cpu") -> dict:
     """Train the config's family on `images` images in this process; scores at the end (and at `at`)."""
     cfg = validate_config(raw)
     rows = cfg.train.num_workers * cfg.train.batch_size
     steps = images // rows
     spec = DataSpec(modality="image", channels=1, image_size=28, num_classes=10)
     torch.manual_seed(seed)
-    fam = build_family(cfg, spec, total_steps=cfg.train.steps)
+    fam = build_family(cfg, spec, device=device, total_steps=cfg.train.steps)
     x = data["train_x"]
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
@@ -121,6 +121,7 @@ def main() -> None:
     p.add_argument("--score-at", default="", help="comma list of earlier project steps to score too")
     p.add_argument("--no-reference", action="store_true", help="score the project side only")
     p.add_argument("--judge-steps", type=int, default=400, help="FeatureNet training steps (400 as quality_per_time)")
+    p.add_argument("--device", default="cpu", help="where the project's family trains (cuda: a GPU; scores stay on the CPU)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality_per_step")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,8 @@ def main() -> None:
             f.write(json.dumps(row, default=str) + "\n")
 
     at = tuple(int(s) for s in args.score_at.split(",") if s)
-    report(project(args.model, config(args.model, args.set), images, data, seed=args.seed, at=at, on_score=report))
+    report(project(args.model, config(args.model, args.set), images, data, seed=args.seed, at=at, on_score=report,
+                   device=args.device))
 
 
 if __name__ == "__main__":
