@@ -191,6 +191,12 @@ class TrainConfig(Strict):
         description="keep the training split in Ray's object store (read once, no restart per epoch) when "
         "its uncompressed size is at most this many MiB; larger splits stream. 0 = always stream",
     )
+    read_ahead_mb: float = Field(
+        64.0,
+        ge=0.0,
+        description="MiB of batches each worker reads ahead of its training step (at least 4 batches, on the "
+        "training device): covers the next epoch's start-up, so a streamed split does not stall at epoch boundaries",
+    )
     num_to_keep: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     storage_path: str = Field("./runs", description="local dir or URI holding runs, checkpoints, bundles")

@@ -85,7 +85,7 @@ def test_epoch_feed_reads_the_next_epoch_ahead_and_stops():
         for i in range(3):
             yield {"x": torch.tensor([i])}
 
-    feed = _EpochFeed(epoch, ahead=4)
+    feed = _EpochFeed(epoch, min_ahead=4)
     first = [int(b["x"]) for b in feed.epoch()]
     assert first == [0, 1, 2]
     deadline = time.time() + 5
@@ -105,6 +105,30 @@ def test_epoch_feed_reads_the_next_epoch_ahead_and_stops():
     with pytest.raises(OSError, match="shard vanished"):
         list(bad.epoch())
     bad.close()
+
+    # read-ahead is bounded in bytes (at least min_ahead batches) and never two epochs ahead
+    def big_epoch():
+        started.append(time.perf_counter())
+        for i in range(10):
+            yield {"x": torch.zeros(256, dtype=torch.uint8) + i}  # 256 bytes each
+
+    started.clear()
+    small = _EpochFeed(big_epoch, max_bytes=1000, min_ahead=2)
+    time.sleep(0.5)
+    assert len(small._items) == 3 and small._bytes == 768  # 3 x 256 <= 1,000 bytes, a 4th would not fit
+    small.close()
+    started.clear()
+    roomy = _EpochFeed(big_epoch, max_bytes=2**20, min_ahead=2)
+    time.sleep(0.5)
+    assert len(started) == 2 and roomy._ends == 2  # epochs 1 and 2 read, epoch 3 waits for the trainer
+    assert [int(b["x"][0]) for b in roomy.epoch()] == list(range(10))
+    deadline = time.time() + 5
+    while len(started) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(started) == 3  # the trainer is in epoch 2 now: epoch 3 may be read
+    roomy.close()
+    roomy._thread.join(timeout=5)
+    assert not roomy._thread.is_alive()
     assert torch_threads(0.5) == 1 and torch_threads(1.0) == 1 and torch_threads(1.5) == 2
     assert torch_threads(2.0) == 2 and torch_threads(0.5, explicit=3) == 3
     assert threading.active_count() < 50

@@ -17,7 +17,7 @@ held-out batches; the final evaluation of a run covers the whole split. Every ev
 next collective; rank 0's metrics are what Ray Train, Tune and the progress printer see.
 
 Batches come from `_EpochFeed`: one thread iterates this worker's shard epoch after epoch into a
-short queue, so the next epoch's read starts while the last batches of the current one are still
+queue of up to `train.read_ahead_mb`, so the next epoch's read starts while the current one is still
 being trained on. A materialized split (trainer.training_dataset) is this rank's shard taken once
 from Ray's object store and shuffled in memory every epoch (`_memory_epochs`), so the next epoch
 starts at once; a streamed one is Ray Train's dataset shard (`iter_torch_batches`, local shuffle
@@ -37,10 +37,10 @@ buffer). `epoch_gap_s` reports the wait between the last batch of an epoch and t
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
-import queue
 import tempfile
 import threading
 import time
@@ -70,8 +70,10 @@ FEATURE_NET_IMAGES = 2000
 FEATURE_NET_STEPS = 200
 # rows each worker keeps in its local shuffle buffer, in batches (Ray Data shuffles within it)
 SHUFFLE_BATCHES = 16
-# batches the feed thread may hold ready ahead of the training step (across an epoch boundary)
+# batches the feed thread may always hold ready ahead of the training step (across an epoch boundary),
+# and the default byte budget (train.read_ahead_mb) up to which it reads further ahead
 FEED_AHEAD = 4
+FEED_AHEAD_MB = 64
 # how long rank 0 waits for the stop signal's answer before training on (asked again next report)
 STOP_POLL_TIMEOUT_S = 10.0
 
@@ -82,34 +84,65 @@ def torch_threads(cpus_per_worker: float, explicit: int | None = None) -> int:
 
 
 class _EpochFeed:
-    """Batches of consecutive epochs, read by one background thread into a bounded queue.
+    """Batches of consecutive epochs, read by one background thread into a queue bounded in bytes.
 
     `epoch()` yields one epoch's batches. The thread moves on to the next epoch as soon as the
-    current one's last batch is queued, so its read (Ray Data's start-up for a streamed split)
-    overlaps the training of the last FEED_AHEAD batches. `close()` stops the thread.
+    current one's last batch is queued, and it may hold up to `max_bytes` of batches (always at
+    least `min_ahead`) ahead of the training step: for a streamed split, the next epoch's Ray Data
+    start-up (seconds: tasks, the local shuffle buffer) then overlaps the training of the current
+    epoch's last batches instead of stalling the step after them. It starts an epoch only while the
+    training step is in the one before it (never two epochs ahead). `close()` stops the thread.
     """
 
     _END = object()
 
-    def __init__(self, make_epoch: Any, ahead: int = FEED_AHEAD) -> None:
+    def __init__(self, make_epoch: Any, max_bytes: int = FEED_AHEAD_MB * 2**20, min_ahead: int = FEED_AHEAD) -> None:
         self._make_epoch = make_epoch
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self._max_bytes = max_bytes
+        self._min_ahead = max(1, min_ahead)
+        self._items: collections.deque = collections.deque()  # (item, bytes)
+        self._bytes = 0
+        self._ends = 0  # epochs whose last batch is queued and not yet trained on
+        self._cv = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="creagen-epoch-feed", daemon=True)
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        size = _nbytes(item)
+        with self._cv:
+            while len(self._items) >= self._min_ahead and self._bytes + size > self._max_bytes:
+                if self._stop.is_set():
+                    return False
+                self._cv.wait(0.1)
+            if self._stop.is_set():
+                return False
+            self._items.append((item, size))
+            self._bytes += size
+            self._ends += item is self._END
+            self._cv.notify_all()
+        return True
+
+    def _get(self) -> Any:
+        with self._cv:
+            while not self._items:
+                self._cv.wait()
+            item, size = self._items.popleft()
+            self._bytes -= size
+            self._ends -= item is self._END
+            self._cv.notify_all()
+            return item
+
+    def _wait_for_room(self) -> bool:
+        """Block while a whole epoch is queued beyond the one being trained on; False once closed."""
+        with self._cv:
+            while self._ends >= 2 and not self._stop.is_set():
+                self._cv.wait(0.1)
+        return not self._stop.is_set()
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while self._wait_for_room():
                 for batch in self._make_epoch():
                     if not self._put(batch):
                         return
@@ -121,7 +154,7 @@ class _EpochFeed:
     def epoch(self) -> Iterable[dict[str, torch.Tensor]]:
         """This epoch's batches, in order; raises what the reading thread raised."""
         while True:
-            item = self._q.get()
+            item = self._get()
             if item is self._END:
                 return
             if isinstance(item, BaseException):
@@ -131,6 +164,15 @@ class _EpochFeed:
     def close(self) -> None:
         """Stop reading ahead (the thread is a daemon and ends at its next queue operation)."""
         self._stop.set()
+        with self._cv:
+            self._items.clear()
+            self._bytes = 0
+            self._cv.notify_all()
+
+
+def _nbytes(item: Any) -> int:
+    """Bytes of a batch's tensors (0 for the end-of-epoch marker or an error)."""
+    return sum(v.nbytes for v in item.values() if isinstance(v, torch.Tensor)) if isinstance(item, dict) else 0
 
 
 def batch_columns(spec: DataSpec) -> dict[str, torch.dtype]:
@@ -533,7 +575,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         make_epoch = _memory_epochs(ray.get(shards[rank]), columns, t.batch_size, device, t.seed + rank, epoch)
     else:
         make_epoch = read_epoch
-    feed = _EpochFeed(make_epoch) if ok else None
+    feed = _EpochFeed(make_epoch, max_bytes=int(t.read_ahead_mb * 2**20)) if ok else None
     t_epoch_end: float | None = None  # when the last batch of the previous epoch was done with
     try:
         while ok:
