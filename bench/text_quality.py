@@ -3,6 +3,7 @@
     .venv/bin/python bench/text_quality.py rnn=RUN1/bundle vae=RUN2/bundle textgan=RUN3/bundle
     .venv/bin/python bench/text_quality.py --train 400     # rnn, sentence VAE, text GANs trained here
     .venv/bin/python bench/text_quality.py --train 400 --corpus shakespeare   # tinyshakespeare windows
+    .venv/bin/python bench/text_quality.py --train 400 --row-temperature "char RNN=0.7" --row-temperature "sentence VAE=0" --row-temperature "text GAN=0"
 
 With --train STEPS the families are trained in this process (no Ray Train: each family's own
 train_step on random windows of the corpus's prepared data, batch 32, one torch thread): the char
@@ -18,16 +19,21 @@ windows (about one verse line each). Both: 32-char windows, held-out windows as 
 Every bundle must be trained on the same corpus (the first bundle's prepared data is used: its
 whole train split for the reference LM and novelty, its validation windows as held-out "sentences").
 Rows: real held-out windows (the reference), then each bundle's unconditional samples (--temperature,
-default 1, the same for every row; seeds 0..n-1, one window of data.seq_len chars each), and for
+default 1; seeds 0..n-1, one window of data.seq_len chars each), and for
 each distinct sentence VAE (the VAE row's, which --train's latent GAN reuses) "decoding held-out
 codes": its decoder on the posterior means of the real held-out windows, and with --train-codes
 "decoding train codes": its decoder on the posterior means of n training windows spread over the
 train split, i.e. what a latent GAN that matched its critic's real codes exactly would write with
 this decoder (the held-out row is not that target: the validation split is other text, which the
 decoder may write more or less easily).
-Columns (creagen_ray.metrics.text): LM score and its standard error over the samples, reverse LM
-score (nats/char, lower is better), BLEU-4 vs held-out and self-BLEU-4, 8-gram novelty vs the
-training text (closest to the real row is best, higher is not better). Each sentence VAE's latent
+--row-temperature PREFIX=T (repeatable) samples the rows whose label starts with PREFIX at T instead
+(0 = greedy; the longest matching PREFIX wins; "sentence VAE" matches its decoding rows too): one
+temperature per model in one table, whose temperature column says which each row used. The
+--also-temperatures tables re-sample every generator row at each given temperature alike.
+Columns (creagen_ray.metrics.text): the sampling temperature ("-" for the real row), LM score and
+its standard error over the samples, reverse LM score (nats/char, lower is better), BLEU-4 vs
+held-out and self-BLEU-4, 8-gram novelty vs the training text (closest to the real row is best,
+higher is not better). Each sentence VAE's latent
 use is printed too: held-out nats/char teacher-forced under each window's own code, under another
 window's code and under z = 0, and its KL in nats (own << other: the decoder reads the latent).
 Log `uptime` beside the numbers: they are CPU-time bound and the table says how long it took.
@@ -207,6 +213,23 @@ def code_spread(gan: Any, prepared: Any, n: int) -> dict[str, dict[str, float]]:
     return {"train codes": stats(train), "GAN codes": stats(codes), "prior draws": stats(prior)}
 
 
+def row_temperature(arg: str) -> tuple[str, float]:
+    """--row-temperature's PREFIX=T, T checked as TextRequest checks it (0 = greedy, else sane)."""
+    prefix, sep, t = arg.rpartition("=")
+    if not sep or not prefix:
+        raise argparse.ArgumentTypeError(f"expected LABEL_PREFIX=T, got {arg!r}")
+    try:
+        return prefix, TextRequest(temperature=float(t)).temperature
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{arg!r}: {e}") from e
+
+
+def temperature_of(label: str, default: float, by_prefix: list[tuple[str, float]]) -> float:
+    """A row's sampling temperature: the longest matching --row-temperature prefix's, else the default."""
+    hits = [(len(p), t) for p, t in by_prefix if label.startswith(p)]
+    return max(hits)[1] if hits else default
+
+
 def main() -> None:
     """Print a markdown table (and JSON) of sample metrics for the real held-out text and each bundle."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -223,6 +246,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=128, help="samples per generator (and held-out windows)")
     p.add_argument("--lm-steps", type=int, default=600, help="training steps of the reference and reverse LMs")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every generator row")
+    p.add_argument("--row-temperature", type=row_temperature, action="append", default=[], metavar="LABEL_PREFIX=T",
+                   help="sample the rows whose label starts with LABEL_PREFIX at T (0 = greedy; repeatable)")
     p.add_argument("--also-temperatures", type=float, nargs="*", default=[],
                    help="also score every generator row at these temperatures (all rows alike; no reverse LM)")
     p.add_argument("--no-reverse-lm", action="store_true", help="skip the reverse LM column (nan): much faster")
@@ -241,6 +266,11 @@ def main() -> None:
     bundles = {k: load_bundle(Path(v)) for k, v in (b.split("=", 1) for b in args.bundles)}
     if not bundles and not args.train:
         p.error("give label=bundle_dir arguments or --train STEPS")
+    gen_labels = [*bundles, *(k for k in TRAINED if args.train and (args.char_gan or k != "text GAN (char)"))]
+    labels = gen_labels + [f"{k.split(' (')[0]} decoding {c} codes" for k in gen_labels for c in ("held-out", "train")]
+    for prefix, _ in args.row_temperature:  # a typo must not silently leave a row at --temperature
+        if not any(k.startswith(prefix) for k in labels):
+            p.error(f"--row-temperature {prefix!r} matches no row (rows: {', '.join(gen_labels)})")
     from creagen_ray.config import DataConfig
 
     corpus = {**CORPORA[args.corpus], **({"source": args.source} if args.source else {})}
@@ -275,24 +305,30 @@ def main() -> None:
     train = "".join(split_texts(prepared, "train", len(train_windows)))  # the whole train split (novelty8, LM)
     heldout = split_texts(prepared, "val", 2 * args.n)
     real, refs = heldout[: args.n], heldout[args.n :]
-    def sample_rows(temperature: float) -> dict[str, list[str]]:
-        """Every generator's samples (and each distinct sentence VAE's decoded codes) at one temperature."""
-        rows = {"real held-out": real}
+    def sample_rows(temp: Any) -> tuple[dict[str, list[str]], dict[str, float]]:
+        """Every generator's samples (and each distinct sentence VAE's decoded codes), row label -> temp(label)
+        as its temperature; and those temperatures."""
+        rows, temps = {"real held-out": real}, {}
         seen: list[Any] = []  # sentence VAEs (one row each, however many generators share its weights)
         for label, fam in families.items():
-            reqs = [TextRequest(n=1, seed=i, max_new_tokens=length, temperature=temperature) for i in range(args.n)]
+            temps[label] = temp(label)
+            reqs = [TextRequest(n=1, seed=i, max_new_tokens=length, temperature=temps[label]) for i in range(args.n)]
             rows[label] = [t[0] for t in fam.generate_many(reqs)]
             vae = sentence_vae(fam)
             if vae is not None and not any(same_weights(vae, v) for v in seen):
                 seen.append(vae)
                 name = label.split(" (")[0]
-                rows[f"{name} decoding held-out codes"] = decode_codes(vae, heldout_tokens(prepared, args.n), length, temperature)
+                codes = {"held-out": heldout_tokens(prepared, args.n)}
                 if args.train_codes:
-                    rows[f"{name} decoding train codes"] = decode_codes(vae, train_tokens(prepared, args.n), length, temperature)
+                    codes["train"] = train_tokens(prepared, args.n)
+                for which, tokens in codes.items():
+                    k = f"{name} decoding {which} codes"
+                    temps[k] = temp(k)
+                    rows[k] = decode_codes(vae, tokens, length, temps[k])
                 latent_use[label] = latent_use_report(vae, prepared, args.n)
-        return rows
+        return rows, temps
 
-    rows = sample_rows(args.temperature)
+    rows, temps = sample_rows(lambda k: temperature_of(k, args.temperature, args.row_temperature))
     spreads = {k: code_spread(f, prepared, args.n) for k, f in families.items() if getattr(f, "approach", None) == "latent"}
     vocab = sorted(set(train).union(*[c for r in rows.values() for c in r], *refs))
     lm = CharLM.fit(train, vocab, steps=args.lm_steps)
@@ -314,9 +350,9 @@ def main() -> None:
     # --no-reverse-lm: nan in that column (the reverse LMs are most of the scoring time)
     table = {k: scores(v, reverse=not args.no_reverse_lm) for k, v in rows.items()}
     cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
-    print("| samples | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+    print("| samples | temperature | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
     for k, m in table.items():
-        print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+        print(f"| {k} | {temps.get(k, '-')} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
     print("self-BLEU-4 standard errors: " + ", ".join(f"{k} {m['self_bleu_se']:.4f}" for k, m in table.items()))
     for k, v in rows.items():
         print(f"{k} sample: {v[0]!r}")
@@ -330,13 +366,13 @@ def main() -> None:
         print(f"\ntemperature {temp} (every generator row; real held-out unchanged)\n| samples | "
               + " | ".join(cols_t) + " |\n|---|" + "---|" * len(cols_t))
         also[str(temp)] = {}
-        for k, v in sample_rows(temp).items():
+        for k, v in sample_rows(lambda _, t=temp: t)[0].items():
             m = scores(v, reverse=False)
             also[str(temp)][k] = {c: round(m[c], 4) for c in cols_t}
             print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols_t) + " |", flush=True)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
                       "train_steps": args.train, "gan_steps": args.gan_steps,
-                      "temperature": args.temperature, "free_bits": args.free_bits, "gan_lr": args.gan_lr,
+                      "temperature": args.temperature, "row_temperatures": temps, "free_bits": args.free_bits, "gan_lr": args.gan_lr,
                       "seed": args.seed, "no_reverse_lm": args.no_reverse_lm, "also_temperatures": also, "code_spread": spreads,
                       "table": {k: {c: round(m[c], 4) for c in [*cols, "self_bleu_se"]} for k, m in table.items()},
                       "corpus": next((k for k, c in CORPORA.items() if c["source"] == data.source), data.source),

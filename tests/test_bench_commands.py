@@ -71,19 +71,28 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     write_bundle(build_family(cfg, prepared.spec, tokenizer=prepared.tokenizer), tmp_path / "rnn-bundle")
     out = run_bench(["bench/text_quality.py", f"mine={tmp_path / 'rnn-bundle'}", "--train", "2", "--gan-steps", "2",
                      "--char-gan", "--n", "4", "--lm-steps", "2", "--prepared", str(prepared.path),
-                     "--seed", "1", "--also-temperatures", "0.7"], tmp_path)
+                     "--seed", "1", "--also-temperatures", "0.7",
+                     # the docstring's per-row temperatures, plus a longer prefix that wins and a greedy bundle row
+                     "--row-temperature", "char RNN=0.7", "--row-temperature", "sentence VAE=0",
+                     "--row-temperature", "text GAN=0", "--row-temperature", "text GAN (char)=1.5",
+                     "--row-temperature", "mine=0"], tmp_path)
     lines = out.splitlines()
     cols = ["lm_score", "lm_se", "reverse_lm_score", "bleu4", "self_bleu4", "novelty8"]
-    head = lines.index("| samples | " + " | ".join(cols) + " |")
-    rows = {}
+    head = lines.index("| samples | temperature | " + " | ".join(cols) + " |")
+    rows, temps = {}, {}
     for ln in lines[head + 2:]:
         if not ln.startswith("| "):
             break
-        label, *cells = [c.strip() for c in ln.strip("|").split("|")]
-        rows[label] = dict(zip(cols, map(float, cells), strict=True))
+        label, temp, *cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[label], temps[label] = dict(zip(cols, map(float, cells), strict=True)), temp
     # the latent GAN decodes with a copy of the VAE row's weights: one "decoding held-out codes" row for both
     assert list(rows) == ["real held-out", "mine", "char RNN", "sentence VAE (prior)", "sentence VAE decoding held-out codes",
                           "text GAN (latent)", "text GAN (char)"]
+    want = {"mine": 0.0, "char RNN": 0.7, "sentence VAE (prior)": 0.0, "sentence VAE decoding held-out codes": 0.0,
+            "text GAN (latent)": 0.0, "text GAN (char)": 1.5}
+    assert temps == {"real held-out": "-", **{k: str(t) for k, t in want.items()}}, temps
+    # greedy and no latent: the untrained RNN writes the same window from every seed (at T 1 the 4 would differ)
+    assert rows["mine"]["lm_se"] == 0, rows["mine"]
     for label, m in rows.items():
         assert m["lm_score"] > 0 and m["reverse_lm_score"] > 0 and m["lm_se"] >= 0, (label, m)
         assert 0 <= m["bleu4"] <= 1 and 0 <= m["self_bleu4"] <= 1 and 0 <= m["novelty8"] <= 1, (label, m)
@@ -95,6 +104,7 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     assert use and set(ast.literal_eval(use.group(1))) == {"own_code", "other_code", "zero_code", "kl_nats"}
     record = json.loads(lines[-1])
     assert (record["n"], record["lm_steps"], record["train_steps"], record["gan_steps"], record["seed"]) == (4, 2, 2, 2, 1)
+    assert record["temperature"] == 1.0 and record["row_temperatures"] == want, record["row_temperatures"]
     # --also-temperatures 0.7: every generator row scored again at 0.7, printed and in the JSON
     assert "temperature 0.7 (every generator row; real held-out unchanged)" in out
     also = record["also_temperatures"]["0.7"]
