@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from creagen_ray.config import DataSpec, validate_config
+from creagen_ray.config import DataSpec, TrainConfig, validate_config
 from creagen_ray.families import Family, build_family
 from creagen_ray.tokenizer import tokenizer_from_dict
 from creagen_ray.training.checkpoint import (
@@ -70,10 +70,9 @@ FEATURE_NET_IMAGES = 2000
 FEATURE_NET_STEPS = 200
 # rows each worker keeps in its local shuffle buffer, in batches (Ray Data shuffles within it)
 SHUFFLE_BATCHES = 16
-# batches the feed thread may always hold ready ahead of the training step (across an epoch boundary),
-# and the default byte budget (train.read_ahead_mb) up to which it reads further ahead
+# batches the feed thread may always hold ready ahead of the training step (across an epoch boundary);
+# beyond them it reads ahead up to train.read_ahead_mb
 FEED_AHEAD = 4
-FEED_AHEAD_MB = 64
 # how long rank 0 waits for the stop signal's answer before training on (asked again next report)
 STOP_POLL_TIMEOUT_S = 10.0
 
@@ -96,7 +95,12 @@ class _EpochFeed:
 
     _END = object()
 
-    def __init__(self, make_epoch: Any, max_bytes: int = FEED_AHEAD_MB * 2**20, min_ahead: int = FEED_AHEAD) -> None:
+    def __init__(
+        self,
+        make_epoch: Any,
+        max_bytes: int = int(TrainConfig.model_fields["read_ahead_mb"].default * 2**20),
+        min_ahead: int = FEED_AHEAD,
+    ) -> None:
         self._make_epoch = make_epoch
         self._max_bytes = max_bytes
         self._min_ahead = max(1, min_ahead)
@@ -166,7 +170,7 @@ class _EpochFeed:
         self._stop.set()
         with self._cv:
             self._items.clear()
-            self._bytes = 0
+            self._bytes = self._ends = 0
             self._cv.notify_all()
 
 
