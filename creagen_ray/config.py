@@ -83,6 +83,34 @@ class FamilyConfig(Strict):
     """Base of a family's model config; a subclass declares `family: Literal["<name>"] = "<name>"`."""
 
 
+MIN_TEMPERATURE = 1e-3  # below this (but above 0, which is greedy) logits / T overflow float32
+MAX_TEMPERATURE = 10.0
+
+
+def check_temperature(v: float) -> float:
+    """A decoding temperature: 0 (greedy) or in [MIN_TEMPERATURE, MAX_TEMPERATURE] (the range is the Field's)."""
+    if 0.0 < v < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {v!r}")
+    return v
+
+
+def temperature_field(default: float, why: str) -> Any:
+    """`model.temperature` of a text family: its default decoding temperature, and why that value."""
+    what = f"the decoding temperature of a text request that gives none; 0 = greedy, else at least {MIN_TEMPERATURE}"
+    return Field(default, ge=0.0, le=MAX_TEMPERATURE, description=f"{what}. {why}" if why else what)
+
+
+class TextModelConfig(FamilyConfig):
+    """Base of a text family's model config: it carries the default decoding temperature (into its bundles)."""
+
+    temperature: float = temperature_field(1.0, "")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_greedy_or_sane(cls, v: float) -> float:
+        return check_temperature(v)
+
+
 class ModelConfig:
     """The `model:` field: a union of the registered families' config models, tagged by `family`."""
 
@@ -306,8 +334,6 @@ MAX_PROMPT_CHARS = 4096
 MAX_IMAGES = 64
 MAX_BATCH_PROMPTS = 32
 
-
-MIN_TEMPERATURE = 1e-3  # below this (but above 0, which is greedy) logits / T overflow float32
 MIN_TOP_P = 1e-6  # below float32's resolution of the cumulative mass every token would be dropped
 
 
@@ -327,11 +353,15 @@ def _utf8(value: str, what: str) -> str:
 
 
 class TextRequest(RequestModel):
-    """Sample text from an RNN or a sentence VAE."""
+    """Sample text from a text model (char RNN, sentence VAE, text GAN)."""
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     max_new_tokens: int = Field(200, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description=f"0 = greedy, else at least {MIN_TEMPERATURE}")
+    temperature: float | None = Field(
+        None, ge=0.0, le=MAX_TEMPERATURE,
+        description=f"unset: the model's default (its model.temperature, shown by GET /v1/models); "
+        f"0 = greedy, else at least {MIN_TEMPERATURE}",
+    )
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, ge=MIN_TOP_P, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
@@ -340,10 +370,8 @@ class TextRequest(RequestModel):
 
     @field_validator("temperature")
     @classmethod
-    def _temperature_greedy_or_sane(cls, v: float) -> float:
-        if 0.0 < v < MIN_TEMPERATURE:
-            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {v!r}")
-        return v
+    def _temperature_greedy_or_sane(cls, v: float | None) -> float | None:
+        return v if v is None else check_temperature(v)
 
     @field_validator("prompt")
     @classmethod

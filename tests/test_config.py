@@ -44,6 +44,11 @@ def test_defaults_are_a_valid_rnn_on_python_docs():
     assert cfg.loss.name == "cross_entropy"  # filled in from the family's default
     assert cfg.data.source == "builtin:python-docs"
     assert cfg.d_optimizer is cfg.optimizer
+    # each text family's default decoding temperature (docs/benchmarks.md): char RNN 0.8, sentence VAE and text GAN greedy
+    assert cfg.model.temperature == 0.8
+    assert validate_config({"model": {"family": "vae", "arch": "sentence"}}).model.temperature == 0.0
+    assert validate_config({"model": {"family": "textgan"}}).model.temperature == 0.0
+    assert validate_config({"model": {"family": "rnn", "temperature": 0}}).model.temperature == 0.0
 
 
 def test_good_gan_config_from_yaml(tmp_path):
@@ -73,6 +78,9 @@ def test_json_config_and_dump_round_trip(tmp_path):
         ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "1.5"),
         ({"train": {"batch_size": "big"}}, "train.batch_size", "'big'"),
         ({"optimizer": {"betas": [0.9, 1.5]}}, "optimizer.betas", "1.5"),
+        # a text model's default decoding temperature: 0 (greedy) or at least 1e-3, at most 10, as a request's
+        ({"model": {"family": "rnn", "temperature": 5e-4}}, "model.temperature", "0.0005"),
+        ({"model": {"family": "textgan", "temperature": 11}}, "model.temperature", "11"),
         ({"nonsense": 1}, "nonsense", "1"),
     ],
 )

@@ -173,6 +173,10 @@ def test_same_seed_same_text_and_different_seeds_differ(trained):
     assert a == b and len(a) == 3
     assert len(set(a)) > 1  # the n samples of one request are different draws
     assert trained.generate(req.model_copy(update={"seed": 8})) != a
+    # no temperature = the model's default (model.temperature, 0.8 for the rnn); an explicit one overrides it
+    assert req.temperature is None and trained.default_temperature == 0.8
+    assert trained.generate(req.model_copy(update={"temperature": 0.8})) == a
+    assert trained.generate(req.model_copy(update={"temperature": 1.0})) != a
 
 
 def test_incremental_decoding_equals_rerunning_the_prefix(trained):

@@ -59,13 +59,16 @@ def test_critic_separates_real_from_fake_and_samples_are_seeded_in_vocab_text(on
     assert ev["val_wdist"] > 0.5, ev  # mean D(real) - mean D(fake) on fresh real windows and fixed-seed fakes
     assert 0.0 <= ev["val_js4"] <= 0.7
 
-    a = fam.generate(TextRequest(n=4, seed=7))
-    assert a == fam.generate(TextRequest(n=4, seed=7))  # seeded samples repeat
-    assert a != fam.generate(TextRequest(n=4, seed=8))
+    a = fam.generate(TextRequest(n=4, seed=7, temperature=1.0))
+    assert a == fam.generate(TextRequest(n=4, seed=7, temperature=1.0))  # seeded samples repeat
+    assert a != fam.generate(TextRequest(n=4, seed=8, temperature=1.0))
     assert all(len(t) == T and set(t) <= set(tok.chars) for t in a)  # whole windows of in-vocab text
     greedy = fam.generate(TextRequest(n=2, seed=7, temperature=0, max_new_tokens=5))
     assert [len(t) for t in greedy] == [5, 5]
-    reqs = [TextRequest(n=2, seed=1), TextRequest(n=1, seed=2, temperature=0)]
+    # no temperature = the model's default, greedy (model.temperature 0)
+    assert fam.default_temperature == 0.0
+    assert fam.generate(TextRequest(n=2, seed=7, max_new_tokens=5)) == greedy
+    reqs = [TextRequest(n=2, seed=1, temperature=1.0), TextRequest(n=1, seed=2, temperature=0), TextRequest(n=2, seed=3)]
     assert fam.generate_many(reqs) == [fam.generate(r) for r in reqs]  # batched = one by one
     with pytest.raises(ValueError, match="unconditional"):
         fam.generate(TextRequest(prompt="the"))
@@ -108,14 +111,18 @@ def test_latent_textgan_trains_vae_then_gan_on_its_codes(one_thread: None) -> No
     ev = fam.evaluate([windows(tok, 32, 1000)])
     assert 0.0 <= ev["val_js4"] <= 0.7 and "val_neg_elbo" in ev
 
-    a = fam.generate(TextRequest(n=4, seed=7))
-    assert a == fam.generate(TextRequest(n=4, seed=7)) and a != fam.generate(TextRequest(n=4, seed=8))
+    one = TextRequest(n=4, seed=7, temperature=1.0)
+    a = fam.generate(one)
+    assert a == fam.generate(one) and a != fam.generate(one.model_copy(update={"seed": 8}))
     assert all(len(t) == T and set(t) <= set(tok.chars) for t in a)
-    assert [len(t) for t in fam.generate(TextRequest(n=2, seed=7, temperature=0, max_new_tokens=5))] == [5, 5]
-    reqs = [TextRequest(n=2, seed=1), TextRequest(n=1, seed=2, temperature=0)]
+    greedy = fam.generate(TextRequest(n=2, seed=7, temperature=0, max_new_tokens=5))
+    assert [len(t) for t in greedy] == [5, 5]
+    # no temperature = the model's default: its VAE decoder greedy on G's codes (model.temperature 0)
+    assert fam.default_temperature == 0.0 and fam.generate(TextRequest(n=2, seed=7, max_new_tokens=5)) == greedy
+    reqs = [TextRequest(n=2, seed=1, temperature=1.0), TextRequest(n=1, seed=2, temperature=0), TextRequest(n=2, seed=3)]
     assert fam.generate_many(reqs) == [fam.generate(r) for r in reqs]
     with pytest.raises(ValueError, match="unconditional"):
         fam.generate(TextRequest(prompt="the"))
     again = build_family(cfg, spec, total_steps=120, tokenizer=tok)
     again.load_state_dict(fam.state_dict())  # a checkpoint restores the VAE's step and all three optimizers
-    assert again.vae.step == 60 and again.generate(TextRequest(n=4, seed=7)) == a
+    assert again.vae.step == 60 and again.generate(one) == a

@@ -326,6 +326,10 @@ def test_sentence_vae_trains_and_samples_text(docs_text):
     # top_k=1 leaves one token per step: the same text as greedy decoding under the same z
     greedy = TextRequest(n=2, seed=4, max_new_tokens=20, temperature=0)
     assert fam.generate(greedy.model_copy(update={"temperature": 1.0, "top_k": 1})) == fam.generate(greedy)
+    # no temperature = the model's default: greedy (model.temperature 0); the explicit 0.8 above overrode it
+    assert fam.default_temperature == 0.0
+    default = fam.generate(req.model_copy(update={"temperature": None, "top_p": None}))
+    assert default == fam.generate(req.model_copy(update={"temperature": 0.0, "top_p": None})) != texts
     # a prompt conditions z and the decoder state; the continuation excludes it and honours stop
     cont = fam.generate(TextRequest(prompt="The ", n=2, seed=1, max_new_tokens=30, stop=["e"]))
     assert len(cont) == 2 and all("e" not in t and len(t) <= 30 for t in cont)

@@ -15,15 +15,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from creagen_ray.config import FamilyConfig, TextRequest
+from creagen_ray.config import TextModelConfig
 from creagen_ray.families import register_family
 from creagen_ray.families.base import Batch, Family, seeded_generator
 from creagen_ray.losses import cross_entropy
 from creagen_ray.sampling import sample_next
 
 
-class ToyConfig(FamilyConfig):
-    """A bigram table over the vocabulary."""
+class ToyConfig(TextModelConfig):
+    """A bigram table over the vocabulary (a text model: `model.temperature`, default 1, is its decoding default)."""
 
     family: Literal["toy"] = "toy"
     init_scale: float = Field(0.01, ge=0.0, description="std of the initial logits")
@@ -68,7 +68,7 @@ class ToyFamily(Family):
     @torch.no_grad()
     def generate(self, request: Any) -> list[str]:
         """`request.n` samples of `max_new_tokens` characters after the prompt's last character."""
-        req = TextRequest.model_validate(request)
+        req = self.text_request(request)  # validated, temperature unset -> model.temperature
         g = seeded_generator(req.seed)
         last = torch.tensor(self.tokenizer.encode(req.prompt[-1:] or self.tokenizer.decode([0])) * req.n)
         out = []

@@ -22,7 +22,14 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator
 import torch
 from torch import nn
 
-from creagen_ray.config import DataSpec, ExperimentConfig, FamilyConfig, OptimizerConfig, TextRequest
+from creagen_ray.config import (
+    DataSpec,
+    ExperimentConfig,
+    FamilyConfig,
+    OptimizerConfig,
+    TextModelConfig,
+    TextRequest,
+)
 from creagen_ray.optim import Stepper
 
 Batch = dict[str, torch.Tensor]
@@ -125,6 +132,33 @@ class Family:
         raise ValueError(f"the {self.name} family has no latent space; it offers {sorted(self.capabilities)}")
 
     # -- shared mechanism -----------------------------------------------------------------------
+
+    @property
+    def default_temperature(self) -> float | None:
+        """The temperature a TextRequest without one decodes at (`model.temperature`); None: not a text model."""
+        model = self.cfg.model
+        if "text" not in self.capabilities or not isinstance(model, TextModelConfig):
+            return None
+        return model.temperature
+
+    def text_request(self, request: TextRequest | dict[str, Any]) -> TextRequest:
+        """The request validated, its temperature concrete: unset -> this model's `model.temperature`.
+
+        Every text family's generate / generate_many / stream passes its requests through here, so
+        sampling code always sees a float, and a bundle decodes at the temperature it was trained with.
+        """
+        if isinstance(request, dict):
+            request = TextRequest.model_validate(request)
+        if not isinstance(request, TextRequest):
+            raise TypeError(f"the {self.name} family answers TextRequest here, got {type(request).__name__}")
+        req = request
+        if req.temperature is not None:
+            return req
+        default = self.default_temperature
+        if default is None:
+            raise ValueError(f"the {self.name} family has no default temperature (its model config is not a "
+                             "TextModelConfig): give the request a temperature")
+        return req.model_copy(update={"temperature": default})
 
     def make_stepper(self, params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> Stepper:
         """A Stepper sharing this family's schedule length and AMP scaler."""
