@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _secret_args(p, "sent as X-API-Key")
     p.add_argument("--prompt", default="", help=field_help(TextRequest, "prompt", "text to continue"))
     p.add_argument("--max-new-tokens", type=int, default=200, help=field_help(TextRequest, "max_new_tokens", "characters to add"))
-    p.add_argument("--temperature", type=float, default=1.0, help=field_help(TextRequest, "temperature"))
+    p.add_argument("--temperature", type=float, default=None, help=field_help(TextRequest, "temperature"))
     p.add_argument("--top-k", type=int, default=None, help=field_help(TextRequest, "top_k", "keep the k likeliest tokens; off when unset"))
     p.add_argument("--top-p", type=float, default=None, help=field_help(TextRequest, "top_p", "nucleus mass; off when unset"))
     p.add_argument("--n", type=int, default=16, help=field_help(ImageRequest, "n", "images (or text samples) to generate"))

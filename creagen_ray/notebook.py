@@ -69,6 +69,11 @@ class Generator:
         return self.bundle.modality
 
     @property
+    def default_temperature(self) -> float | None:
+        """Text models: the temperature a call without one decodes at (the bundle's model.temperature; 0 = greedy)."""
+        return self.bundle.family.default_temperature
+
+    @property
     def metrics(self) -> dict[str, Any]:
         """The bundle's final training metrics."""
         return dict(self.bundle.metrics)
@@ -80,8 +85,8 @@ class Generator:
     def generate(self, prompt: str = "", n: int = 1, seed: int | None = None, **options: Any) -> list[str] | Images:
         """Text models: n continuations of `prompt` (strings). Image models: n images (PIL, shown as a grid).
 
-        options: max_new_tokens, temperature, top_k, top_p, stop (text). A seed is drawn when none is
-        given and kept in the images' provenance record.
+        options: max_new_tokens, temperature (unset: the model's default, `default_temperature`), top_k,
+        top_p, stop (text). A seed is drawn when none is given and kept in the images' provenance record.
         """
         if self.modality == "text":
             req = _validate(TextRequest, {"prompt": prompt, "n": n, "seed": seed, **options})

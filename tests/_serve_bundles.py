@@ -22,13 +22,22 @@ IMAGE_SIZE = 16
 
 
 @one_torch_thread()
-def text_bundle(out: Path, steps: int = 30, seq_len: int = 32, extra_files: dict[str, bytes] | None = None) -> Path:
-    """A small char GRU trained `steps` steps on a pangram; vocab = the pangram's characters."""
+def text_bundle(
+    out: Path, steps: int = 30, seq_len: int = 32, extra_files: dict[str, bytes] | None = None,
+    temperature: float | None = None,
+) -> Path:
+    """A small char GRU trained `steps` steps on a pangram; vocab = the pangram's characters.
+
+    `temperature`: its model.temperature (the default a request without one decodes at); None = the rnn's default.
+    """
     tok = CharTokenizer.fit(TEXT)
+    model: dict[str, Any] = {"family": "rnn", "embed_dim": 16, "hidden_size": 32, "num_layers": 1}
+    if temperature is not None:
+        model["temperature"] = temperature
     cfg = ExperimentConfig(
         name="tiny-rnn",
         data=DataConfig(modality="text", seq_len=seq_len),
-        model={"family": "rnn", "embed_dim": 16, "hidden_size": 32, "num_layers": 1},
+        model=model,
         train=TrainConfig(steps=steps, batch_size=16),
     )
     spec = DataSpec(modality="text", vocab_size=tok.vocab_size, seq_len=seq_len)

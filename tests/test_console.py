@@ -53,7 +53,7 @@ def test_every_subcommand_help_has_description_example_and_ranges() -> None:
         assert p.description and "example:\n  creagen " + name in text, name
     gen = sub.choices["generate"].format_help().replace("\n", " ")
     gen = " ".join(gen.split())
-    assert "range 0.0 <= x <= 10.0 (default: 1.0)" in gen  # --temperature, from TextRequest's Field
+    assert "unset: the model's default" in gen and "range 0.0 <= x <= 10.0 --top-k" in gen  # --temperature, from TextRequest's Field
     assert "range 1 <= x <= 2048 (default: 200)" in gen and "1e-06 <= x <= 1.0" in gen
 
 

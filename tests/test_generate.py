@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,9 +20,9 @@ from creagen_ray.cli import main
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with a tiny rnn and a tiny gan bundle."""
+    """A folder with a tiny rnn (trained with model.temperature 0.5, not the rnn's default 0.8) and a tiny gan bundle."""
     root = tmp_path_factory.mktemp("bundles")
-    text_bundle(root / "rnn", steps=10)
+    text_bundle(root / "rnn", steps=10, temperature=0.5)
     image_bundle(root / "gan", "gan", steps=5)
     return root
 
@@ -41,6 +42,32 @@ def test_local_text_to_stdout(bundles: Path, capsys: pytest.CaptureFixture) -> N
     assert len(samples) == 2
     assert all(s.startswith("the ") and len(s) == 4 + 30 and set(s) <= set(TEXT) for s in samples)
     assert main(args) == 0 and capsys.readouterr().out == out  # seeded
+    # no --temperature: the bundle's model.temperature (0.5); an explicit one (1 included) overrides it
+    assert main([*args, "--temperature", "0.5"]) == 0 and capsys.readouterr().out == out
+    assert main([*args, "--temperature", "1"]) == 0 and capsys.readouterr().out != out
+
+
+def test_old_bundle_without_model_temperature_gets_the_family_default(bundles: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """A bundle written before model.temperature existed (its config.yaml lacks it) loads and decodes at the rnn's 0.8."""
+    import json
+
+    import yaml
+
+    from creagen_ray.bundle import MANIFEST, sha256_file
+
+    old = tmp_path / "old"
+    shutil.copytree(bundles / "rnn", old)
+    raw = yaml.safe_load((old / "config.yaml").read_text(encoding="utf-8"))
+    del raw["model"]["temperature"]
+    (old / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["files"] = {f: sha256_file(old / f) for f in manifest["files"]}
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    args = ["generate", str(old), "--prompt", "the ", "--max-new-tokens", "30", "--n", "2", "--seed", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert main([*args, "--temperature", "0.8"]) == 0 and capsys.readouterr().out == out
 
 
 def test_local_images_to_png_grid(bundles: Path, tmp_path: Path) -> None:
@@ -85,9 +112,13 @@ def test_url_mode_against_a_server(bundles: Path, tmp_path: Path, capsys: pytest
         assert main(["generate", str(bundles / "gan"), "--n", "4", "--seed", "2", "--out", str(local)]) == 0
         assert out.read_bytes() == local.read_bytes()  # same bundle, same seed, same PNG
         capsys.readouterr()
-        assert main(["generate", "--url", url, "--model", "rnn", "--prompt", "the ", "--n", "1", "--max-new-tokens", "20"]) == 0
+        rnn = ["--prompt", "the ", "--n", "1", "--max-new-tokens", "20", "--seed", "4"]
+        assert main(["generate", "--url", url, "--model", "rnn", *rnn]) == 0
         text = capsys.readouterr().out.rstrip("\n")
         assert text.startswith("the ") and len(text) == 24 and set(text) <= set(TEXT)
+        # no --temperature over HTTP either: the served bundle's model.temperature (0.5), as locally
+        assert main(["generate", str(bundles / "rnn"), *rnn, "--temperature", "0.5"]) == 0
+        assert capsys.readouterr().out.rstrip("\n") == text
         assert main(["generate", "--url", url, "--model", "missing", "--n", "1"]) == 1
         assert "404" in capsys.readouterr().err
 

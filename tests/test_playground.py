@@ -42,12 +42,12 @@ def browser_paths() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    """uvicorn serving the API over tiny rnn, vae and gan bundles."""
+    """uvicorn serving the API over tiny rnn (model.temperature 0.5), vae and gan bundles."""
     root = tmp_path_factory.mktemp("playground")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        text_bundle(root / "rnn", steps=5)
+        text_bundle(root / "rnn", steps=5, temperature=0.5)
         image_bundle(root / "vae", "vae", steps=3)
         image_bundle(root / "gan", "gan", steps=3)
     finally:
@@ -91,6 +91,8 @@ def test_playground_in_headless_chromium(server: str, tmp_path: Path) -> None:
         Select(drv.find_element(By.ID, "model")).select_by_value("rnn")
         assert drv.find_element(By.ID, "text-panel").is_displayed()
         assert not drv.find_element(By.ID, "image-panel").is_displayed()
+        temperature = drv.find_element(By.ID, "temperature")  # blank: the model's default, shown as placeholder
+        assert temperature.get_attribute("value") == "" and temperature.get_attribute("placeholder") == "0.5 (model's)"
         drv.find_element(By.ID, "prompt").send_keys("the ")
         js("document.getElementById('max-tokens').value = 600; document.getElementById('text-seed').value = 1;")
         js("""window.__lens = []; const out = document.getElementById('text-out');
@@ -103,6 +105,10 @@ def test_playground_in_headless_chromium(server: str, tmp_path: Path) -> None:
         assert len(set(lens)) >= 3, f"the text did not grow in steps: {lens}"  # streamed, not one block
         assert lens == sorted(lens) and js("return document.getElementById('text-out').textContent.length") == 604
         assert drv.find_element(By.ID, "status").text == ""
+        # the page sent no temperature: the text is the bundle's default (0.5) sample for that seed
+        same = {"model": "rnn", "prompt": "the ", "max_new_tokens": 600, "seed": 1, "temperature": 0.5}
+        assert "the " + httpx.post(server + "/v1/text/generate", json=same).json()["texts"][0] == \
+            js("return document.getElementById('text-out').textContent")
 
         # images: a seeded grid
         Select(drv.find_element(By.ID, "model")).select_by_value("gan")

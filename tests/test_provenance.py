@@ -65,6 +65,9 @@ def test_notebook_api_readme_lines(store: Path, tmp_path: Path) -> None:
     texts = rnn.generate(prompt="the ", n=2, seed=0, max_new_tokens=20)
     assert len(texts) == 2 and all(isinstance(t, str) and len(t) == 20 for t in texts)
     assert texts == rnn.generate(prompt="the ", n=2, seed=0, max_new_tokens=20)
+    # no temperature: the bundle's model.temperature (the rnn's 0.8); image models have none
+    assert rnn.default_temperature == 0.8 and g.default_temperature is None
+    assert texts == rnn.generate(prompt="the ", n=2, seed=0, max_new_tokens=20, temperature=0.8)
     assert len("".join(rnn.stream(prompt="the ", seed=0, max_new_tokens=20))) == 20
     vae = creagen_ray.load(store / "vae")
     rec_img = vae.reconstruct(images[0])

@@ -51,10 +51,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle store: rnn, vae, gan, textgan, a tampered copy, a symlink escaping the store, and two hostile
-    bundles whose manifests verify: NaN weights, and a file that is a symlink leaving the store."""
+    """A bundle store: rnn (trained with model.temperature 0.5, not its family's 0.8), vae, gan, textgan, a
+    tampered copy, a symlink escaping the store, and two hostile bundles whose manifests verify: NaN weights,
+    and a file that is a symlink leaving the store."""
     root = tmp_path_factory.mktemp("store")
-    text_bundle(root / "rnn", steps=20)
+    text_bundle(root / "rnn", steps=20, temperature=0.5)
     image_bundle(root / "vae", "vae", steps=10)
     image_bundle(root / "gan", "gan", steps=10)
     textgan_bundle(root / "textgan", steps=20)
@@ -133,6 +134,8 @@ def test_models_health_and_rejected_bundles(http: httpx.Client, url: str) -> Non
     assert by_id["rnn"]["family"] == "rnn" and by_id["rnn"]["modality"] == "text"
     assert by_id["vae"]["capabilities"] == ["image", "interpolate", "reconstruct"]
     assert by_id["gan"]["metrics"]["steps"] == 10
+    # each text model's default decoding temperature, from its bundle's config (null for image models)
+    assert [by_id[m]["temperature"] for m in ("rnn", "textgan", "vae", "gan")] == [0.5, 0.0, None, None]
     assert "path" not in by_id["gan"]
     assert set(body["rejected"]) == {"tampered", "escape", "nan", "linkfile"}  # sha256; outside; NaN; file link
     for model in ("tampered", "escape", "nan", "linkfile"):
@@ -144,13 +147,16 @@ def test_models_health_and_rejected_bundles(http: httpx.Client, url: str) -> Non
 def test_textgan_serves_seeded_in_vocab_text_and_refuses_a_prompt(http: httpx.Client) -> None:
     """The latent text GAN behind its own deployment: same seed, same texts; every character in its
     vocabulary; a prompt (it generates unconditionally) is a 400 naming the prompt."""
-    body = {"model": "textgan", "n": 3, "seed": 5, "max_new_tokens": 20}
+    body = {"model": "textgan", "n": 3, "seed": 5, "max_new_tokens": 20, "temperature": 1.0}
     a, b = (http.post("/v1/text/generate", json=body) for _ in range(2))
     assert a.status_code == 200, a.text
     texts = a.json()["texts"]
     assert texts == b.json()["texts"] and len(texts) == 3
     assert all(len(t) == 20 and set(t) <= VOCAB for t in texts), texts
     assert http.post("/v1/text/generate", json={**body, "seed": 6}).json()["texts"] != texts
+    unset = {k: v for k, v in body.items() if k != "temperature"}  # no temperature: its default, greedy
+    assert http.post("/v1/text/generate", json=unset).json()["texts"] == \
+        http.post("/v1/text/generate", json={**body, "temperature": 0}).json()["texts"]
     refused = http.post("/v1/text/generate", json={**body, "prompt": "the "})
     assert refused.status_code == 400 and "prompt" in refused.text, refused.text
     assert "/v1/text/generate" in http.get("/openapi.json").json()["paths"]
@@ -164,6 +170,9 @@ def test_text_in_vocab_and_seeded(http: httpx.Client) -> None:
     assert http.post("/v1/text/generate", json=body).json()["texts"] == first
     other = http.post("/v1/text/generate", json={**body, "seed": 8}).json()["texts"]
     assert other != first
+    # no temperature: the bundle's model.temperature (0.5, not the rnn family's 0.8); an explicit one overrides it
+    assert http.post("/v1/text/generate", json={**body, "temperature": 0.5}).json()["texts"] == first
+    assert http.post("/v1/text/generate", json={**body, "temperature": 0.8}).json()["texts"] != first
     one = http.post("/v1/text/generate", json={**body, "n": 1}).json()["texts"][0]
     stop = one[10:12]
     cut = http.post("/v1/text/generate", json={**body, "n": 1, "stop": [stop]}).json()["texts"][0]

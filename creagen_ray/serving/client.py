@@ -75,7 +75,7 @@ class CreagenClient:
         return self._check(self.http.get("/v1/stats")).json()
 
     def text(self, model: str, prompt: str = "", **params: Any) -> list[str]:
-        """n continuations of `prompt` (params: max_new_tokens, temperature, top_k, top_p, seed, stop, n)."""
+        """n continuations of `prompt` (params: max_new_tokens, temperature (unset: the model's default), top_k, top_p, seed, stop, n)."""
         return self._post("/v1/text/generate", {"model": model, "prompt": prompt, **params}).json()["texts"]
 
     def stream_text(self, model: str, prompt: str = "", **params: Any) -> Iterator[str]:

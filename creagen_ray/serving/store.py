@@ -59,6 +59,10 @@ class ModelInfo(BaseModel):
     family: str
     modality: str
     capabilities: list[str]
+    temperature: float | None = Field(
+        None, description="text models: the temperature a request without one decodes at (the bundle's "
+        "model.temperature; 0 = greedy); null for image models",
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     spec: dict[str, Any] = Field(default_factory=dict)
     path: str = Field(..., exclude=True, description="bundle folder, or its storage URI")
@@ -100,6 +104,7 @@ def read_info(model_id: str, path: Path, signing_key: bytes | None = None, signa
         family=b.family.name,
         modality=b.spec.modality,
         capabilities=sorted(b.family.capabilities),
+        temperature=b.family.default_temperature,
         metrics=finite_json(b.metrics),
         spec=b.spec.model_dump(exclude_none=True),
         path=str(b.path.resolve()),
