@@ -54,7 +54,7 @@ def write_samples(family: str, bundle: Any, out_dir: Path) -> list[Path]:
     if bundle.modality == "text":
         blocks = []
         for i, prompt in enumerate(PROMPTS):
-            text = bundle.generate(TextRequest(prompt=prompt, max_new_tokens=240, temperature=0.8, seed=i))[0]
+            text = bundle.generate(TextRequest(prompt=prompt, max_new_tokens=240, seed=i))[0]  # model.temperature
             blocks.append(f"--- prompt {prompt!r} ---\n{prompt}{text}\n")
         path = out_dir / f"{family}_samples.txt"
         path.write_text("\n".join(blocks), encoding="utf-8")

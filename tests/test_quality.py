@@ -202,6 +202,7 @@ def test_bundle_quality_section_names_extractor_split_and_text_metrics():
     q = quality_section(fam, {"val_loss": 1.0, "val_items": 20, "val_split_items": 20, "val_final": 1.0}, Prepared())
     assert q["bits_per_char"] == pytest.approx(1.0 / np.log(2))
     assert 0 < q["distinct_2"] <= 1 and 0 <= q["novelty_8gram"] <= 1 and q["samples"] == 16
+    assert q["sample_temperature"] == 0.8  # drawn at the model's default, model.temperature
     assert q["whole_split"] is True and q["eval_items"] == q["split_items"] == 20
 
     class ImagePrepared:

@@ -426,6 +426,8 @@ def test_text_gan_ddp_bundle_has_val_and_sample_metrics(shipped_runs) -> None:
     assert 0.0 < loaded.metrics["val_js4"] <= 0.7, loaded.metrics  # Jensen-Shannon of 4-gram counts, in nats
     for k in ("sample_lm_score", "sample_reverse_lm_score", "sample_bleu4", "sample_self_bleu4", "sample_novelty8"):
         assert math.isfinite(loaded.metrics[k]), (k, loaded.metrics)
+    # scored at the model's default decoding temperature (greedy), and say so
+    assert loaded.metrics["sample_temperature"] == loaded.metrics["quality"]["sample_temperature"] == 0.0
     texts = loaded.generate(TextRequest(n=3, seed=5, max_new_tokens=20))
     assert texts == loaded.generate(TextRequest(n=3, seed=5, max_new_tokens=20)) and len(texts) == 3
     assert all(len(t) == 20 and set(t) <= set(loaded.family.tokenizer.chars) for t in texts), texts

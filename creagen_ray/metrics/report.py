@@ -7,9 +7,11 @@ whole validation split, one sample per real image:
                         fcd is a Fréchet *classifier* distance, not Inception FID)
     eval_items / split_items   how many validation images the numbers cover, of how many
     (+ neg_elbo for the VAE: nats per image)
-Text (RNN; sentence VAE), from the final evaluation and a few prior samples drawn here:
+Text (RNN; sentence VAE; text GAN), from the final evaluation and a few unconditional samples drawn
+here at the model's default temperature (`model.temperature`, as served):
     bits_per_char (bits per byte for the byte tokenizer), distinct_1..4, novelty_8gram (share of
-    the samples' character 8-grams absent from the training split), samples (how many), sample_chars
+    the samples' character 8-grams absent from the training split), samples (how many), sample_chars,
+    sample_temperature (the temperature they were drawn at; train.sample_metrics' scores use it too)
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def image_quality_section(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def text_quality_section(family: Any, metrics: dict[str, Any], prepared: Any) -> dict[str, Any]:
-    """bits/char of the final evaluation, distinct-n and 8-gram novelty of prior samples."""
+    """bits/char of the final evaluation, distinct-n and 8-gram novelty of samples at the model's default temperature."""
     from creagen_ray.config import TextRequest
 
     out: dict[str, Any] = {}
@@ -54,7 +56,8 @@ def text_quality_section(family: Any, metrics: dict[str, Any], prepared: Any) ->
     elif "val_loss" in metrics:
         out[unit] = float(metrics["val_loss"]) / math.log(2)
     try:
-        samples = family.generate(TextRequest(n=TEXT_SAMPLES, max_new_tokens=TEXT_SAMPLE_TOKENS, seed=0))
+        req = family.text_request(TextRequest(n=TEXT_SAMPLES, max_new_tokens=TEXT_SAMPLE_TOKENS, seed=0))
+        samples = family.generate(req)
     except (ValueError, TypeError):
         return out
     samples = [s for s in samples if s]
@@ -67,6 +70,7 @@ def text_quality_section(family: Any, metrics: dict[str, Any], prepared: Any) ->
     out["novelty_8gram"] = NGramIndex(corpus, n=8).novelty(samples)
     out["samples"] = len(samples)
     out["sample_chars"] = sum(len(s) for s in samples)
+    out["sample_temperature"] = req.temperature
     out["novelty_corpus"] = f"character 8-grams of {len(corpus)} training windows"
     # train.sample_metrics: the text-GAN literature's scores (creagen_ray.training.sample_metrics)
     out.update({k: metrics[k] for k in SAMPLE_KEYS if k in metrics})

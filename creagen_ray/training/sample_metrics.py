@@ -1,7 +1,7 @@
 """Sample metrics of a trained text generator, written into its bundle's metrics (`train.sample_metrics`).
 
-Samples come from the family's own `generate_many` (the same call Serve makes: unconditional,
-temperature 1, seeds 0..n-1); the reference char LM is trained on up to 20,000 windows of the
+Samples come from the family's own `generate_many` (the same call Serve makes: unconditional, at
+the model's default temperature `model.temperature`, recorded as `sample_temperature`, seeds 0..n-1); the reference char LM is trained on up to 20,000 windows of the
 prepared train split, novelty8 looks for the samples' 8-grams in the whole train split (as
 bench/text_quality.py does), and the held-out "sentences" are the validation windows. See
 creagen_ray.metrics.text for the definitions.
@@ -70,7 +70,7 @@ def reference_lm(prepared: Any, train: str, vocab: list[str], steps: int) -> Cha
 
 
 def text_sample_metrics(family: Any, prepared: Any, n: int = 64, lm_steps: int = 300) -> dict[str, float]:
-    """lm_score, reverse_lm_score, bleu4, self_bleu4, novelty8 of n samples of one window each.
+    """lm_score, reverse_lm_score, bleu4, self_bleu4, novelty8 of n samples of one window each, and their temperature.
 
     Runs on one torch thread (as Ray's workers do): the LMs are small GRUs (batch 32), for which
     intra-op threads only add synchronisation. Measured on the shared 2-core machine: 20 CharLM
@@ -82,7 +82,7 @@ def text_sample_metrics(family: Any, prepared: Any, n: int = 64, lm_steps: int =
 
 def _sample_metrics(family: Any, prepared: Any, n: int, lm_steps: int) -> dict[str, float]:
     length = int(prepared.spec.seq_len)
-    reqs = [TextRequest(n=1, seed=i, max_new_tokens=length) for i in range(n)]
+    reqs = [family.text_request(TextRequest(n=1, seed=i, max_new_tokens=length)) for i in range(n)]  # at model.temperature
     samples = [texts[0] for texts in family.generate_many(reqs)]
     windows = split_texts(prepared, "train", sys.maxsize)  # the whole train split, read once
     whole = "".join(windows)  # novelty8 looks in all of it
@@ -92,4 +92,5 @@ def _sample_metrics(family: Any, prepared: Any, n: int, lm_steps: int) -> dict[s
     known = set(vocab)
     samples = ["".join(c if c in known else UNKNOWN for c in s) for s in samples]
     lm = reference_lm(prepared, train, vocab, lm_steps)
-    return {f"sample_{k}": v for k, v in sample_report(samples, whole, heldout, lm, reverse_steps=lm_steps).items()}
+    out = {f"sample_{k}": v for k, v in sample_report(samples, whole, heldout, lm, reverse_steps=lm_steps).items()}
+    return {**out, "sample_temperature": float(reqs[0].temperature)}

@@ -186,7 +186,7 @@ def write_samples(family: Any, modality: str, out: Path) -> Path:
     from creagen_ray.config import ImageRequest, TextRequest
 
     if modality == "text":
-        texts = family.generate(TextRequest(n=4, max_new_tokens=200, temperature=0.8, seed=0))
+        texts = family.generate(TextRequest(n=4, max_new_tokens=200, seed=0))  # at model.temperature
         path = out / "samples.txt"
         path.write_text("\n\n---\n\n".join(texts), encoding="utf-8")
         return path
