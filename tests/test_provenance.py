@@ -131,6 +131,7 @@ def test_http_responses_carry_provenance(store: Path) -> None:
         body = r.json()
         assert body["provenance"]["model"] == "rnn" and body["provenance"]["seed"] == "2"
         assert "the " not in body["provenance"]["parameters"]  # the prompt is not echoed into records
+        assert json.loads(body["provenance"]["parameters"])["temperature"] is None  # none given: the bundle's own
         assert r.headers["x-creagen-bundle-sha256"] == sha["rnn"]
         with http.stream("POST", "/v1/text/generate", json={"model": "rnn", "prompt": "the ", "stream": True}) as s:
             assert s.headers["x-creagen-generator"] == "creagen-ray" and s.headers["x-creagen-seed"].isdigit()
