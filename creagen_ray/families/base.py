@@ -151,14 +151,13 @@ class Family:
             request = TextRequest.model_validate(request)
         if not isinstance(request, TextRequest):
             raise TypeError(f"the {self.name} family answers TextRequest here, got {type(request).__name__}")
-        req = request
-        if req.temperature is not None:
-            return req
+        if request.temperature is not None:
+            return request
         default = self.default_temperature
         if default is None:
             raise ValueError(f"the {self.name} family has no default temperature (its model config is not a "
                              "TextModelConfig): give the request a temperature")
-        return req.model_copy(update={"temperature": default})
+        return request.model_copy(update={"temperature": default})
 
     def make_stepper(self, params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> Stepper:
         """A Stepper sharing this family's schedule length and AMP scaler."""

@@ -40,7 +40,7 @@ class RNNConfig(TextModelConfig):
     family: Literal["rnn"] = "rnn"
     temperature: float = temperature_field(
         0.8, "Default 0.8: measured (docs/benchmarks.md, 2,000 steps, two seeds) its samples' 8-gram novelty is "
-        "then within 0.1 of real text's on both corpora; at T 1 it is 0.21-0.24 above, greedy repeats one sample",
+        "then within 0.1 of real text's on both corpora; at T 1 it is 0.21-0.24 above; greedy writes one same sample for every seed",
     )
     cell: Literal["gru", "lstm"] = "gru"
     embed_dim: int = Field(64, ge=1)

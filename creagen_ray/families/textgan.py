@@ -424,7 +424,7 @@ class TextGANFamily(Family):
         out: dict[str, float] = {}
         if self.approach == "char":
             fake_ids, real_x = fake.argmax(-1).numpy(), real[:n]
-        else:  # decode the codes at temperature 1 (whatever model.temperature says), from a fixed seed
+        else:  # decode the codes at temperature 1 (not model.temperature: val_js4 stays as measured), from a fixed seed
             req = TextRequest(n=1, seed=0, max_new_tokens=self.seq_len, temperature=1.0)
             fake_ids = torch.tensor(self.vae.decode_tokens(fake, req, seeded_generator(seed))).numpy()  # [n, T]
             real_x = torch.cat([self.codes(b) for b in batches])[:n]
