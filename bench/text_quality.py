@@ -30,6 +30,11 @@ decoder may write more or less easily).
 (0 = greedy; the longest matching PREFIX wins; "sentence VAE" matches its decoding rows too): one
 temperature per model in one table, whose temperature column says which each row used. The
 --also-temperatures tables re-sample every generator row at each given temperature alike.
+--latent-scales S [S ...] adds, for each S, a row "sentence VAE (prior) z xS" (the VAE row's z drawn
+from N(0, S^2 I) instead of N(0, I)) and a row "text GAN (latent) noise xS" (G fed S times its noise),
+the same seeds and draws otherwise (at S = 1 each equals its model's own row): the latent spread as a
+second diversity knob beside the decoding temperature, to compare the two models at equal self-BLEU
+(a quality-diversity frontier per model, as Caccia et al. 2018 compare text GANs by temperature).
 Columns (creagen_ray.metrics.text): the sampling temperature ("-" for the real row), LM score and
 its standard error over the samples, reverse LM score (nats/char, lower is better), BLEU-4 vs
 held-out and self-BLEU-4, 8-gram novelty vs the training text (closest to the real row is best,
@@ -164,6 +169,28 @@ def decode_codes(vae: Any, tokens: Any, length: int, temperature: float) -> list
     return [vae.decode_text(mu[i : i + 1].cpu(), req, seeded_generator(i))[0] for i in range(len(tokens))]
 
 
+def scaled_samples(fam: Any, scale: float, n: int, length: int, temperature: float) -> list[str]:
+    """n windows with the latent scaled: a sentence VAE's prior z, or a latent GAN's noise, times `scale`.
+
+    Sample i draws its latent from seed i and decodes with the same generator, as fam.generate(seed=i)
+    does, so at scale 1 the samples are that model's own row.
+    """
+    import torch
+
+    from creagen_ray.families.base import seeded_generator
+
+    gan = getattr(fam, "approach", None) == "latent"
+    vae = fam.vae if gan else fam
+    dim = fam.latent_dim if gan else vae.raw("vae").latent_dim
+    req = TextRequest(n=1, seed=0, max_new_tokens=length, temperature=temperature)
+    out = []
+    for i in range(n):
+        g = seeded_generator(i)
+        z = torch.randn(1, dim, generator=g) * scale  # [1, dim]
+        out.append(vae.decode_text(fam.distributions(z) if gan else z, req, g)[0])
+    return out
+
+
 def latent_use_report(vae: Any, prepared: Any, n: int) -> dict[str, float]:
     """How much the decoder uses z: held-out nats/char given each window's own code, another window's, the prior's mean."""
     import torch
@@ -250,6 +277,8 @@ def main() -> None:
                    help="sample the rows whose label starts with LABEL_PREFIX at T (0 = greedy; repeatable)")
     p.add_argument("--also-temperatures", type=float, nargs="*", default=[],
                    help="also score every generator row at these temperatures (all rows alike; no reverse LM)")
+    p.add_argument("--latent-scales", type=float, nargs="*", default=[], metavar="S",
+                   help="also sample the VAE prior at N(0, S^2 I) and the latent GAN's noise times S (rows '... xS')")
     p.add_argument("--no-reverse-lm", action="store_true", help="skip the reverse LM column (nan): much faster")
     p.add_argument("--seed", type=int, default=0, help="--train: the families' training seed (init and batches)")
     p.add_argument("--storage", default="./runs", help="where the bundles' prepared data lives")
@@ -326,6 +355,13 @@ def main() -> None:
                     temps[k] = temp(k)
                     rows[k] = decode_codes(vae, tokens, length, temps[k])
                 latent_use[label] = latent_use_report(vae, prepared, args.n)
+        for scale in args.latent_scales:  # the same models with their latent spread scaled
+            for label, fam in families.items():
+                gan = getattr(fam, "approach", None) == "latent"
+                if gan or sentence_vae(fam) is fam:
+                    k = f"{label} {'noise' if gan else 'z'} x{scale:g}"
+                    temps[k] = temp(k)
+                    rows[k] = scaled_samples(fam, scale, args.n, length, temps[k])
         return rows, temps
 
     rows, temps = sample_rows(lambda k: temperature_of(k, args.temperature, args.row_temperature))
@@ -373,7 +409,7 @@ def main() -> None:
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
                       "train_steps": args.train, "gan_steps": args.gan_steps,
                       "temperature": args.temperature, "row_temperatures": temps, "free_bits": args.free_bits, "gan_lr": args.gan_lr,
-                      "seed": args.seed, "no_reverse_lm": args.no_reverse_lm, "also_temperatures": also, "code_spread": spreads,
+                      "seed": args.seed, "no_reverse_lm": args.no_reverse_lm, "latent_scales": args.latent_scales, "also_temperatures": also, "code_spread": spreads,
                       "table": {k: {c: round(m[c], 4) for c in [*cols, "self_bleu_se"]} for k, m in table.items()},
                       "corpus": next((k for k, c in CORPORA.items() if c["source"] == data.source), data.source),
                       "source": data.source,
