@@ -207,3 +207,29 @@ def test_quality_per_time_vae_scores_both_sides_and_prints_ratios(ray_cluster, m
     assert ratio and ratio.group(5) == row["grid"], lines[head + 3]
     assert float(ratio.group(1)) == pytest.approx(proj["fcd"] / ref["fcd"], abs=0.006)
     assert float(ratio.group(2)) == pytest.approx(proj["neg_elbo"] / ref["neg_elbo"], abs=6e-4)
+
+
+@pytest.mark.slow
+def test_train_throughput_gaps_reports_both_modes(ray_cluster, tmp_path):
+    """bench/train_throughput.py --only gaps (its docstring's second command) cut to 2 epochs of 2,000 items, MNIST
+    without its labels (no FeatureNet fit for the final evaluation, which the gaps do not need), on the session
+    cluster (--address): the materialized and the streamed run each print their line and report their data_mode,
+    and the JSON holds each run's epoch-boundary gaps (one per rank and epoch boundary), the numbers the lines print."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    out = run_bench(["bench/train_throughput.py", "--only", "gaps", "--epochs", "2", "--set", "data.max_items=2000",
+                     "--set", "data.labels=null", "--address", address], tmp_path)
+    found = re.findall(r"^epoch gap  (materialized|streaming) +\(data_mode (\w+)\): max +([\d.]+) ms, "
+                       r"median +([\d.]+) ms over (\d+) rank-epochs; run \d+ s; load [\d.]+$", out, re.M)
+    lines = {label: rest for label, *rest in found}
+    assert list(lines) == ["materialized", "streaming"], out[-3000:]
+    result = json_tail(out)
+    assert set(result) == {"load_avg_start", "epoch_gaps", "load_avg_end"}, list(result)  # --only gaps: no table
+    gaps = result["epoch_gaps"]
+    assert list(gaps) == ["materialized", "streaming"], gaps
+    for label, run in gaps.items():
+        mode, max_ms, median_ms, n = lines[label]
+        assert mode == run["data_mode"] == label, (label, run)  # 256 MiB materializes the split, 0 streams it
+        assert len(run["gaps_s"]) == int(n) == 2, run  # 2 workers x 1 epoch boundary
+        assert all(g >= 0 for g in run["gaps_s"]) and run["max_s"] == max(run["gaps_s"]), run
+        assert float(max_ms) == pytest.approx(1000 * run["max_s"], abs=0.051)
+        assert float(median_ms) == pytest.approx(1000 * run["median_s"], abs=0.051) and run["wall_s"] > 0
