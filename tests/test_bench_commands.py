@@ -1,6 +1,7 @@
 """The bench/ scripts' documented commands, run as a user would (subprocess, repo root, relative paths), cut
 to the smallest settings: a smoke run proves each script runs end to end and prints what docs/benchmarks.md
-says it prints. Benchmarks are not timed tests: nothing here asserts a speed or a quality target."""
+says it prints. Benchmarks are not timed tests: nothing here asserts a speed or a quality target. The commands of
+BACKGROUND start with the module, on the session cluster, and run beside the other tests; their tests check them."""
 
 from __future__ import annotations
 
