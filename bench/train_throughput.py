@@ -3,8 +3,9 @@
     .venv/bin/python bench/train_throughput.py            # RNN + GAN throughput table (~6 min on 2 cores)
     .venv/bin/python bench/train_throughput.py --only gaps  # epoch-boundary gaps only (~2 min)
 
-Smaller runs: --models, --workers (which Ray runs each row has), --steps, --epochs; --address joins a
-running cluster instead of starting a private 2-CPU Ray.
+Smaller runs: --models, --workers (which Ray runs each row has), --steps, --epochs, --set KEY=VALUE (the
+epoch-gap runs' config, e.g. data.max_items); --address joins a running cluster instead of starting a
+private 2-CPU Ray.
 
 (The quality-per-wall-clock comparison is `time creagen train jobs/configs/rnn-shakespeare.yaml`,
 end to end; see docs/benchmarks.md.)
@@ -137,18 +138,18 @@ def throughput(name: str, make_cfg: Any, steps: int, storage: str, workers: tupl
     return out
 
 
-def gap_cfg(storage: str, materialize_mb: float, epochs: int) -> ExperimentConfig:
-    """vae-mnist.yaml (or the demo VAE on shapes without ../shared) for a few epochs, rare evals."""
+def gap_cfg(storage: str, materialize_mb: float, epochs: int, sets: tuple[str, ...] = ()) -> ExperimentConfig:
+    """vae-mnist.yaml (or the demo VAE on shapes without ../shared) for a few epochs, rare evals; `sets`: more overrides."""
     common = [f"train.storage_path={storage}", "train.steps=null", f"train.epochs={epochs}", "train.time_budget_s=null",
               "train.log_every=20", "train.eval_every=100000", "train.checkpoint_every=100000",
-              f"train.materialize_mb={materialize_mb}"]
+              f"train.materialize_mb={materialize_mb}", *sets]
     if MNIST.is_file():
         return load_config(ROOT / "jobs/configs/vae-mnist.yaml", [
             f"data.source={MNIST}", f"data.labels={MNIST.parent / 't10k-labels-idx1-ubyte.gz'}", *common])
     return load_config(ROOT / "jobs/configs/demo-vae.yaml", common)
 
 
-def epoch_gaps(storage: str, epochs: int = 4) -> dict[str, Any]:
+def epoch_gaps(storage: str, epochs: int = 4, sets: tuple[str, ...] = ()) -> dict[str, Any]:
     """Largest and median epoch-boundary gap, materialized vs streamed; prints one line each."""
     from creagen_ray.training import MetricsLogCallback, train
 
@@ -157,7 +158,7 @@ def epoch_gaps(storage: str, epochs: int = 4) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as d:
             log = Path(d) / "log.jsonl"
             t0 = time.perf_counter()
-            train(gap_cfg(storage, budget, epochs), progress=False, callbacks=[MetricsLogCallback(str(log))])
+            train(gap_cfg(storage, budget, epochs, sets), progress=False, callbacks=[MetricsLogCallback(str(log))])
             wall = time.perf_counter() - t0
             rows = [json.loads(line)["ranks"] for line in log.read_text().splitlines()]
         # each report repeats the latest gap until the next epoch starts: one value per (rank, gap)
@@ -180,6 +181,7 @@ def main() -> None:
     p.add_argument("--models", default="rnn,gan", help="comma list of the throughput table's models: rnn, gan")
     p.add_argument("--workers", default="1,2", help="the Ray runs of each throughput row: 1 (x1), 2 (x2 DDP) or 1,2")
     p.add_argument("--epochs", type=int, default=4, help="epochs of each epoch-gap run")
+    p.add_argument("--set", action="append", default=[], help="one more KEY=VALUE for the epoch-gap runs (repeatable)")
     p.add_argument("--address", default="local",
                    help="Ray to run on: 'local' starts a private one (2 CPUs), else a running cluster's address")
     args = p.parse_args()
@@ -201,7 +203,7 @@ def main() -> None:
     results: dict[str, Any] = {"load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as storage:
         if args.only in ("all", "gaps"):
-            results["epoch_gaps"] = epoch_gaps(storage, args.epochs)
+            results["epoch_gaps"] = epoch_gaps(storage, args.epochs, tuple(args.set))
         if args.only in ("all", "throughput"):
             for name in chosen:
                 make_cfg, steps = models[name]

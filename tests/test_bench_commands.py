@@ -1,6 +1,7 @@
 """The bench/ scripts' documented commands, run as a user would (subprocess, repo root, relative paths), cut
 to the smallest settings: a smoke run proves each script runs end to end and prints what docs/benchmarks.md
-says it prints. Benchmarks are not timed tests: nothing here asserts a speed or a quality target."""
+says it prints. Benchmarks are not timed tests: nothing here asserts a speed or a quality target. The commands of
+BACKGROUND start with the module, on the session cluster, and run beside the other tests; their tests check them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,56 @@ def run_bench(args: list[str], tmp_path: Path, timeout: float = 300, env: dict |
     r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
+
+
+GAPS_ARGS = ["bench/train_throughput.py", "--only", "gaps", "--epochs", "2", "--set", "data.max_items=2000",
+             "--set", "data.labels=null"]
+
+
+@pytest.fixture(scope="module")
+def gaps_run(ray_cluster, tmp_path_factory) -> Future:
+    """test_train_throughput_gaps_...'s command on the session cluster (--address), started in a thread: its output."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gaps-run") as pool:
+        future = pool.submit(run_bench, [*GAPS_ARGS, "--address", address], tmp_path_factory.mktemp("gaps"))
+        yield future
+        future.exception()  # wait for it, whatever the tests did
+
+
+QPT_ARGS = ["bench/quality_per_time.py", "--only", "vae", "--vae-budget", "1", "--samples", "100", "--judge-steps", "5",
+            "--set", "train.num_workers=1"]
+
+
+@pytest.fixture(scope="module")
+def qpt_run(ray_cluster, mnist_paths, tmp_path_factory) -> tuple[Future, Path]:
+    """test_quality_per_time_...'s command on the session cluster (--address), started in a thread: (its output,
+    its folder; results under <folder>/qpt)."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    tmp = tmp_path_factory.mktemp("qpt")
+    env = {"CREAGEN_SHARED_DATA": str(mnist_paths[0].parent.parent)}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpt-run") as pool:
+        future = pool.submit(run_bench, [*QPT_ARGS, "--address", address, "--out", str(tmp / "qpt")], tmp, env=env)
+        yield future, tmp
+        future.exception()  # wait for it, whatever the tests did
+
+
+BACKGROUND = {"test_train_throughput_gaps_reports_both_modes": "gaps_run",
+              "test_quality_per_time_vae_scores_both_sides_and_prints_ratios": "qpt_run"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_background_runs(request: pytest.FixtureRequest) -> None:
+    """Start the selected tests' commands with the module (BACKGROUND): the gaps command's two Train runs (2 x 0.5
+    CPU) and the quality-per-time run (one Train worker, 0.5 CPU; the rest one process, about one core) run beside
+    the tests before theirs, which leave a core idle much of the time (text_quality and the single-process paths
+    train on one thread), and beside each other, rather than one after another at the end."""
+    selected = {getattr(item, "originalname", None) for item in request.session.items}
+    for test, fixture in BACKGROUND.items():
+        if test in selected:
+            try:
+                request.getfixturevalue(fixture)
+            except pytest.skip.Exception:
+                pass  # ../shared/data absent: the test skips with the same reason when it asks for the run
 
 
 def test_serve_load_plain_variant_prints_its_table_row(tmp_path):
@@ -171,17 +223,15 @@ def test_train_throughput_rnn_row_and_its_ratio(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_quality_per_time_vae_scores_both_sides_and_prints_ratios(ray_cluster, mnist_paths, tmp_path):
+def test_quality_per_time_vae_scores_both_sides_and_prints_ratios(qpt_run):
     """bench/quality_per_time.py --only vae --vae-budget ... (docs/benchmarks.md's smoke run) cut further: a 1 s budget,
     100 samples a side, a 5-step judge, the project's `creagen train jobs/configs/vae-mnist.yaml` (from the root) on
-    one worker of the session cluster (--address): both sides trained and scored, the table's rows, the ratios of
-    the scores, the grid. That run is also vae-mnist.yaml's shipped-config check (tests/test_shipped_configs.py,
-    TRAINED_ELSEWHERE): it printed its bundle's path, the bundle verifies, the data was prepared under storage_path."""
-    address = ray_cluster.get_runtime_context().gcs_address
-    out_dir = tmp_path / "qpt"
-    out = run_bench(["bench/quality_per_time.py", "--only", "vae", "--vae-budget", "1", "--samples", "100",
-                     "--judge-steps", "5", "--set", "train.num_workers=1", "--address", address, "--out", str(out_dir)],
-                    tmp_path, env={"CREAGEN_SHARED_DATA": str(mnist_paths[0].parent.parent)})
+    one worker of the session cluster (QPT_ARGS; qpt_run started it with the module): both sides trained and scored,
+    the table's rows, the ratios of the scores, the grid. That run is also vae-mnist.yaml's shipped-config check
+    (tests/test_shipped_configs.py, TRAINED_ELSEWHERE): it printed its bundle's path, the bundle verifies, the data
+    was prepared under storage_path."""
+    future, tmp = qpt_run
+    out, out_dir = future.result(), tmp / "qpt"
     assert re.search(r"^judge: creagen FeatureNet trained here on 8,000 train images, 5 steps; eval accuracy [01]\.\d{3} ",
                      out, re.M), out[-3000:]
     (row,) = json.loads((out_dir / "results.json").read_text())
@@ -214,3 +264,29 @@ def test_quality_per_time_vae_scores_both_sides_and_prints_ratios(ray_cluster, m
     assert ratio and ratio.group(5) == row["grid"], lines[head + 3]
     assert float(ratio.group(1)) == pytest.approx(proj["fcd"] / ref["fcd"], abs=0.006)
     assert float(ratio.group(2)) == pytest.approx(proj["neg_elbo"] / ref["neg_elbo"], abs=6e-4)
+
+
+@pytest.mark.slow
+def test_train_throughput_gaps_reports_both_modes(gaps_run):
+    """bench/train_throughput.py --only gaps (its docstring's second command) cut to 2 epochs of 2,000 items, MNIST
+    without its labels (no FeatureNet fit for the final evaluation, which the gaps do not need), on the session
+    cluster (GAPS_ARGS; gaps_run started it with the module, beside the other tests: the gaps it prints are then not
+    a measurement, nor asserted): the materialized and the streamed run each print their line and report their
+    data_mode, and the JSON holds each run's epoch-boundary gaps (one per rank and epoch boundary), the numbers the
+    lines print."""
+    out = gaps_run.result()
+    found = re.findall(r"^epoch gap  (materialized|streaming) +\(data_mode (\w+)\): max +([\d.]+) ms, "
+                       r"median +([\d.]+) ms over (\d+) rank-epochs; run \d+ s; load [\d.]+$", out, re.M)
+    lines = {label: rest for label, *rest in found}
+    assert list(lines) == ["materialized", "streaming"], out[-3000:]
+    result = json_tail(out)
+    assert set(result) == {"load_avg_start", "epoch_gaps", "load_avg_end"}, list(result)  # --only gaps: no table
+    gaps = result["epoch_gaps"]
+    assert list(gaps) == ["materialized", "streaming"], gaps
+    for label, run in gaps.items():
+        mode, max_ms, median_ms, n = lines[label]
+        assert mode == run["data_mode"] == label, (label, run)  # 256 MiB materializes the split, 0 streams it
+        assert len(run["gaps_s"]) == int(n) == 2, run  # 2 workers x 1 epoch boundary
+        assert all(g >= 0 for g in run["gaps_s"]) and run["max_s"] == max(run["gaps_s"]), run
+        assert float(max_ms) == pytest.approx(1000 * run["max_s"], abs=0.051)
+        assert float(median_ms) == pytest.approx(1000 * run["median_s"], abs=0.051) and run["wall_s"] > 0
