@@ -124,6 +124,7 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     out = run_bench(["bench/text_quality.py", f"mine={tmp_path / 'rnn-bundle'}", "--train", "2", "--gan-steps", "2",
                      "--char-gan", "--n", "4", "--lm-steps", "2", "--prepared", str(prepared.path),
                      "--seed", "1", "--also-temperatures", "0.7", "--latent-scales", "1", "0.5",
+                     "--train-codes", "--free-bits", "2.0", "--gan-lr", "1e-3",  # docs/benchmarks.md's settings
                      # the docstring's per-row temperatures, plus a longer prefix that wins and a greedy bundle row
                      "--row-temperature", "char RNN=0.7", "--row-temperature", "sentence VAE=0",
                      "--row-temperature", "text GAN=0", "--row-temperature", "text GAN (char)=1.5",
@@ -141,9 +142,10 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     scaled = ["sentence VAE (prior) z x1", "text GAN (latent) noise x1", "sentence VAE (prior) z x0.5",
               "text GAN (latent) noise x0.5"]
     assert list(rows) == ["real held-out", "mine", "char RNN", "sentence VAE (prior)", "sentence VAE decoding held-out codes",
-                          "text GAN (latent)", "text GAN (char)", *scaled]
+                          "sentence VAE decoding train codes", "text GAN (latent)", "text GAN (char)", *scaled]
     want = {"mine": 0.0, "char RNN": 0.7, "sentence VAE (prior)": 0.0, "sentence VAE decoding held-out codes": 0.0,
-            "text GAN (latent)": 0.0, "text GAN (char)": 1.5, **{k: 0.0 for k in scaled}}
+            "sentence VAE decoding train codes": 0.0, "text GAN (latent)": 0.0, "text GAN (char)": 1.5,
+            **{k: 0.0 for k in scaled}}
     # --latent-scales: at scale 1 the same draws as the model's own row, so the same samples and scores
     for model, same in (("sentence VAE (prior)", scaled[0]), ("text GAN (latent)", scaled[1])):
         for c in ("lm_score", "bleu4", "self_bleu4", "novelty8"):
@@ -164,6 +166,7 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     assert (record["n"], record["lm_steps"], record["train_steps"], record["gan_steps"], record["seed"]) == (4, 2, 2, 2, 1)
     assert record["temperature"] == 1.0 and record["row_temperatures"] == want, record["row_temperatures"]
     assert record["latent_scales"] == [1.0, 0.5]
+    assert (record["free_bits"], record["gan_lr"]) == (2.0, 1e-3)
     # --also-temperatures 0.7: every generator row scored again at 0.7, printed and in the JSON
     assert "temperature 0.7 (every generator row; real held-out unchanged)" in out
     also = record["also_temperatures"]["0.7"]
