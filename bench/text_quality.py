@@ -30,10 +30,11 @@ decoder may write more or less easily).
 (0 = greedy; the longest matching PREFIX wins; "sentence VAE" matches its decoding rows too): one
 temperature per model in one table, whose temperature column says which each row used. The
 --also-temperatures tables re-sample every generator row at each given temperature alike.
---latent-scales S [S ...] adds, for each S, a row "sentence VAE (prior) z xS" (the VAE row's z drawn
-from N(0, S^2 I) instead of N(0, I)) and a row "text GAN (latent) noise xS" (G fed S times its noise),
-the same seeds and draws otherwise (at S = 1 each equals its model's own row): the latent spread as a
-second diversity knob beside the decoding temperature, to compare the two models at equal self-BLEU
+--latent-scales S [S ...] adds, for each S, a row "sentence VAE (prior) z xS" (the VAE row's prior
+draws times S: z from N(0, (S * model.prior_scale)^2 I); --train's VAE has prior_scale 1, so x0.8 is
+the served default 0.8) and a row "text GAN (latent) noise xS" (G fed S times its noise), the same
+seeds and draws otherwise (at S = 1 each equals its model's own row): the latent spread as a second
+diversity knob beside the decoding temperature, to compare the two models at equal self-BLEU
 (a quality-diversity frontier per model, as Caccia et al. 2018 compare text GANs by temperature).
 Columns (creagen_ray.metrics.text): the sampling temperature ("-" for the real row), LM score and
 its standard error over the samples, reverse LM score (nats/char, lower is better), BLEU-4 vs
@@ -71,8 +72,10 @@ CORPORA = {  # --corpus: the data section (32-char windows; python-docs is text-
                                   / "tinyshakespeare/input.txt"), "modality": "text",
                     "tokenizer": "char", "seq_len": 32, "val_fraction": 0.1},
 }
+# prior_scale 1: the prior row samples N(0, I), as every table in docs/benchmarks.md (--latent-scales 0.8: the
+# served default, model.prior_scale 0.8)
 SENTENCE_VAE = {"arch": "sentence", "latent_dim": 16, "embed_dim": 32, "hidden_size": 128, "kl_anneal_steps": 200,
-                "word_dropout": 0.4, "free_bits": 0.25}
+                "word_dropout": 0.4, "free_bits": 0.25, "prior_scale": 1.0}
 VAE_OPT = {"name": "adam", "lr": 2e-3, "grad_clip": 1.0}
 GAN_OPT = {"name": "adam", "lr": 1e-4, "betas": [0.5, 0.9], "grad_clip": None}
 # --train: label -> (model, optimizer); the latent GAN's VAE is SENTENCE_VAE with VAE_OPT, as the VAE row
@@ -170,7 +173,7 @@ def decode_codes(vae: Any, tokens: Any, length: int, temperature: float) -> list
 
 
 def scaled_samples(fam: Any, scale: float, n: int, length: int, temperature: float) -> list[str]:
-    """n windows with the latent scaled: a sentence VAE's prior z, or a latent GAN's noise, times `scale`.
+    """n windows with the latent scaled: a sentence VAE's prior draws, or a latent GAN's noise, times `scale`.
 
     Sample i draws its latent from seed i and decodes with the same generator, as fam.generate(seed=i)
     does, so at scale 1 the samples are that model's own row.
@@ -182,6 +185,7 @@ def scaled_samples(fam: Any, scale: float, n: int, length: int, temperature: flo
     gan = getattr(fam, "approach", None) == "latent"
     vae = fam.vae if gan else fam
     dim = fam.latent_dim if gan else vae.raw("vae").latent_dim
+    scale = scale if gan else scale * fam.cfg.model.prior_scale  # relative to the VAE's own prior draws
     req = TextRequest(n=1, seed=0, max_new_tokens=length, temperature=temperature)
     out = []
     for i in range(n):

@@ -330,6 +330,15 @@ def test_sentence_vae_trains_and_samples_text(docs_text):
     assert fam.default_temperature == 0.0
     default = fam.generate(req.model_copy(update={"temperature": None, "top_p": None}))
     assert default == fam.generate(req.model_copy(update={"temperature": 0.0, "top_p": None})) != texts
+    # an unconditional sample decodes z ~ N(0, prior_scale^2 I), z drawn from the request's seed first
+    from creagen_ray.families.base import seeded_generator
+
+    assert fam.cfg.model.prior_scale == 0.8
+    g = seeded_generator(11)
+    z = torch.randn(3, 8, generator=g)  # [3, L]: N(0, I) draws
+    assert fam.decode_text(z * 0.8, req, g) == texts
+    g = seeded_generator(11)
+    assert fam.decode_text(torch.randn(3, 8, generator=g), req, g) != texts  # the same draws, unscaled
     # a prompt conditions z and the decoder state; the continuation excludes it and honours stop
     cont = fam.generate(TextRequest(prompt="The ", n=2, seed=1, max_new_tokens=30, stop=["e"]))
     assert len(cont) == 2 and all("e" not in t and len(t) <= 30 for t in cont)

@@ -29,7 +29,9 @@ Two approaches, chosen by `model.approach` (same family, same serving, same metr
   its own VAE's prior by 0.15-0.38 nats/char on both corpora and two training seeds, but that prior
   is then worse than the 16-nat VAE's), hence jobs/configs/text-gan.yaml's free bits 2.0. Its
   self-BLEU follows its target's (the training codes are more concentrated than N(0, I)): slightly
-  above the prior's, with G's codes as spread as the training codes (no mode collapse).
+  above the prior's, with G's codes as spread as the training codes (no mode collapse). At matched
+  self-BLEU (bench/text_quality.py --latent-scales) a prior cooled to that spread does about as well:
+  the GAN's LM lead is mostly a move along the quality-diversity trade-off.
 
       G: noise [B, L] -> Linear -> residual MLP blocks (width `channels`) -> Linear -> code [B, Z]
       D: code [B, Z] -> Linear -> residual MLP blocks -> Linear -> score [B]
