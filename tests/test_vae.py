@@ -26,6 +26,7 @@ from creagen_ray.config import (
     VAEConfig,
 )
 from creagen_ray.families import build_family
+from creagen_ray.families.base import seeded_generator
 from creagen_ray.families.vae import VAEFamily, kl_anneal_weight
 from creagen_ray.tokenizer import CharTokenizer
 
@@ -331,8 +332,6 @@ def test_sentence_vae_trains_and_samples_text(docs_text):
     default = fam.generate(req.model_copy(update={"temperature": None, "top_p": None}))
     assert default == fam.generate(req.model_copy(update={"temperature": 0.0, "top_p": None})) != texts
     # an unconditional sample decodes z ~ N(0, prior_scale^2 I), z drawn from the request's seed first
-    from creagen_ray.families.base import seeded_generator
-
     assert fam.cfg.model.prior_scale == 0.8
     g = seeded_generator(11)
     z = torch.randn(3, 8, generator=g)  # [3, L]: N(0, I) draws

@@ -1,8 +1,8 @@
 """Sample metrics of a trained text generator, written into its bundle's metrics (`train.sample_metrics`).
 
 Samples come from the family's own `generate_many` (the same call Serve makes: unconditional, at
-the model's default temperature `model.temperature`, recorded as `sample_temperature`, seeds 0..n-1); the reference char LM is trained on up to 20,000 windows of the
-prepared train split, novelty8 looks for the samples' 8-grams in the whole train split (as
+the model's default temperature `model.temperature`, recorded as `sample_temperature`, seeds
+0..n-1); the reference char LM is trained on up to 20,000 windows of the prepared train split, novelty8 looks for the samples' 8-grams in the whole train split (as
 bench/text_quality.py does), and the held-out "sentences" are the validation windows. See
 creagen_ray.metrics.text for the definitions.
 
