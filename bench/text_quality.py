@@ -10,7 +10,10 @@ train_step on random windows of the corpus's prepared data, batch 32, one torch 
 RNN, the sentence VAE, the latent text GAN (the same sentence VAE config trained the same STEPS on
 the VAE row's trained VAE as its first phase, then --gan-steps latent WGAN-GP steps on its codes:
 the same decoder, prior codes vs GAN codes) and, with --char-gan, the char-level text GAN (STEPS
-critic steps). A quick, reproducible comparison, not the models' best.
+critic steps). A quick, reproducible comparison, not the models' best. --vae KEY=VALUE (repeatable)
+changes the sentence VAE config of both; --gan KEY=VALUE changes the latent GAN's model config, and
+with a `vae.` key (--gan vae.free_bits=4.0) the GAN trains its own VAE phase: that VAE's prior
+samples are then a row of their own ("text GAN's VAE (prior)", with --latent-scales rows too).
 
 --corpus python-docs: builtin:python-docs (jobs/configs/text-gan.yaml's data); --corpus
 shakespeare: $CREAGEN_SHARED_DATA (default ../shared/data)/tinyshakespeare/input.txt (nanoGPT's split, last 10% held out), 32-char
@@ -61,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import numpy as np  # noqa: E402
 
 from creagen_ray.bundle import load_bundle  # noqa: E402
-from creagen_ray.config import TextRequest  # noqa: E402
+from creagen_ray.config import TextRequest, apply_overrides  # noqa: E402
 from creagen_ray.metrics.text import CharLM, bleu4, lm_score, novelty, reverse_lm_score, self_bleu4_scores  # noqa: E402
 from creagen_ray.training.sample_metrics import split_texts, spread  # noqa: E402
 
@@ -110,7 +113,8 @@ def train_here(prepared: Any, data: dict, steps: int, gan_steps: int, char_gan: 
                                "train": {"steps": n, "batch_size": 32}})
         torch.manual_seed(seed)
         fam = build_family(cfg, prepared.spec, total_steps=n, tokenizer=prepared.tokenizer)
-        if latent:  # phase 1 is the VAE row's model (same config, steps and batches): reuse it
+        vae_row = {k: v for k, v in TRAINED["sentence VAE (prior)"][0].items() if k != "family"}
+        if latent and model["vae"] == vae_row:  # phase 1 is the VAE row's model (same config, steps, batches): reuse it
             fam.vae.load_state_dict(out["sentence VAE (prior)"].state_dict())
             fam.step = fam.vae.step
         g = torch.Generator().manual_seed(seed)
@@ -269,6 +273,10 @@ def main() -> None:
     p.add_argument("--gan-steps", type=int, default=1000, help="--train: latent-GAN steps after its VAE's")
     p.add_argument("--char-gan", action="store_true", help="--train: also the char-level text GAN")
     p.add_argument("--free-bits", type=float, help=f"--train: the sentence VAE's free bits per latent (default {SENTENCE_VAE['free_bits']})")
+    p.add_argument("--vae", action="append", default=[], metavar="KEY=VALUE",
+                   help="--train: one more sentence VAE setting, for the VAE row and the latent GAN's VAE (repeatable)")
+    p.add_argument("--gan", action="append", default=[], metavar="KEY=VALUE",
+                   help="--train: one more latent text GAN model setting (repeatable)")
     p.add_argument("--gan-lr", type=float, help=f"--train: the latent GAN's G and D Adam lr (default {GAN_OPT['lr']})")
     p.add_argument("--train-codes", action="store_true",
                    help="also decode the posterior means of n training windows (the latent GAN's target)")
@@ -321,12 +329,16 @@ def main() -> None:
             ray.shutdown()
     families = {k: b.family for k, b in bundles.items()}
     latent_use: dict[str, dict[str, float]] = {}
-    if args.train and args.free_bits is not None:  # the VAE row and the latent GAN's VAE alike
+    vae_sets = ([f"free_bits={args.free_bits}"] if args.free_bits is not None else []) + args.vae
+    if args.train and vae_sets:  # the VAE row and the latent GAN's VAE alike
         for model, _ in TRAINED.values():
             if model["family"] == "vae":
-                model["free_bits"] = args.free_bits
+                model.update(apply_overrides(model, vae_sets))
             if "vae" in model:
-                model["vae"] = {**model["vae"], "free_bits": args.free_bits}
+                model["vae"] = apply_overrides(model["vae"], vae_sets)
+    if args.train and args.gan:
+        model, opt = TRAINED["text GAN (latent)"]
+        TRAINED["text GAN (latent)"] = (apply_overrides(model, args.gan), opt)
     if args.train and args.gan_lr is not None:
         model, opt = TRAINED["text GAN (latent)"]
         TRAINED["text GAN (latent)"] = (model, {**opt, "lr": args.gan_lr})
@@ -338,12 +350,18 @@ def main() -> None:
     train = "".join(split_texts(prepared, "train", len(train_windows)))  # the whole train split (novelty8, LM)
     heldout = split_texts(prepared, "val", 2 * args.n)
     real, refs = heldout[: args.n], heldout[args.n :]
+    # a latent GAN trained on its own VAE (--gan vae.KEY=VALUE): that VAE's prior samples get a row too
+    vae_rows = [f for f in families.values() if sentence_vae(f) is f]
+    generators = {**families, **{f"{k.split(' (')[0]}'s VAE (prior)": f.vae for k, f in families.items()
+                                 if getattr(f, "approach", None) == "latent"
+                                 and not any(same_weights(f.vae, v) for v in vae_rows)}}
+
     def sample_rows(temp: Any) -> tuple[dict[str, list[str]], dict[str, float]]:
         """Every generator's samples (and each distinct sentence VAE's decoded codes), row label -> temp(label)
         as its temperature; and those temperatures."""
         rows, temps = {"real held-out": real}, {}
         seen: list[Any] = []  # sentence VAEs (one row each, however many generators share its weights)
-        for label, fam in families.items():
+        for label, fam in generators.items():
             temps[label] = temp(label)
             reqs = [TextRequest(n=1, seed=i, max_new_tokens=length, temperature=temps[label]) for i in range(args.n)]
             rows[label] = [t[0] for t in fam.generate_many(reqs)]
@@ -360,7 +378,7 @@ def main() -> None:
                     rows[k] = decode_codes(vae, tokens, length, temps[k])
                 latent_use[label] = latent_use_report(vae, prepared, args.n)
         for scale in args.latent_scales:  # the same models with their latent spread scaled
-            for label, fam in families.items():
+            for label, fam in generators.items():
                 gan = getattr(fam, "approach", None) == "latent"
                 if gan or sentence_vae(fam) is fam:
                     k = f"{label} {'noise' if gan else 'z'} x{scale:g}"
@@ -412,7 +430,7 @@ def main() -> None:
             print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols_t) + " |", flush=True)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
                       "train_steps": args.train, "gan_steps": args.gan_steps,
-                      "temperature": args.temperature, "row_temperatures": temps, "free_bits": args.free_bits, "gan_lr": args.gan_lr,
+                      "temperature": args.temperature, "row_temperatures": temps, "free_bits": args.free_bits, "vae": args.vae, "gan": args.gan, "gan_lr": args.gan_lr,
                       "seed": args.seed, "no_reverse_lm": args.no_reverse_lm, "latent_scales": args.latent_scales, "also_temperatures": also, "code_spread": spreads,
                       "table": {k: {c: round(m[c], 4) for c in [*cols, "self_bleu_se"]} for k, m in table.items()},
                       "corpus": next((k for k, c in CORPORA.items() if c["source"] == data.source), data.source),

@@ -125,6 +125,7 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
                      "--char-gan", "--n", "4", "--lm-steps", "2", "--prepared", str(prepared.path),
                      "--seed", "1", "--also-temperatures", "0.7", "--latent-scales", "1", "0.5",
                      "--train-codes", "--free-bits", "2.0", "--gan-lr", "1e-3",  # docs/benchmarks.md's settings
+                     "--gan", "vae.free_bits=4.0",  # the latent GAN on its own VAE: that VAE's prior gets rows too
                      # the docstring's per-row temperatures, plus a longer prefix that wins and a greedy bundle row
                      "--row-temperature", "char RNN=0.7", "--row-temperature", "sentence VAE=0",
                      "--row-temperature", "text GAN=0", "--row-temperature", "text GAN (char)=1.5",
@@ -138,16 +139,18 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
             break
         label, temp, *cells = [c.strip() for c in ln.strip("|").split("|")]
         rows[label], temps[label] = dict(zip(cols, map(float, cells), strict=True)), temp
-    # the latent GAN decodes with a copy of the VAE row's weights: one "decoding held-out codes" row for both
-    scaled = ["sentence VAE (prior) z x1", "text GAN (latent) noise x1", "sentence VAE (prior) z x0.5",
-              "text GAN (latent) noise x0.5"]
+    # the latent GAN decodes with its own VAE (free bits 4): decoding rows and a prior row for each VAE
+    scaled = [f"{row} x{s}" for s in (1, 0.5) for row in
+              ("sentence VAE (prior) z", "text GAN (latent) noise", "text GAN's VAE (prior) z")]
     assert list(rows) == ["real held-out", "mine", "char RNN", "sentence VAE (prior)", "sentence VAE decoding held-out codes",
-                          "sentence VAE decoding train codes", "text GAN (latent)", "text GAN (char)", *scaled]
+                          "sentence VAE decoding train codes", "text GAN (latent)", "text GAN decoding held-out codes",
+                          "text GAN decoding train codes", "text GAN (char)", "text GAN's VAE (prior)", *scaled]
     want = {"mine": 0.0, "char RNN": 0.7, "sentence VAE (prior)": 0.0, "sentence VAE decoding held-out codes": 0.0,
-            "sentence VAE decoding train codes": 0.0, "text GAN (latent)": 0.0, "text GAN (char)": 1.5,
+            "sentence VAE decoding train codes": 0.0, "text GAN (latent)": 0.0, "text GAN decoding held-out codes": 0.0,
+            "text GAN decoding train codes": 0.0, "text GAN (char)": 1.5, "text GAN's VAE (prior)": 0.0,
             **{k: 0.0 for k in scaled}}
     # --latent-scales: at scale 1 the same draws as the model's own row, so the same samples and scores
-    for model, same in (("sentence VAE (prior)", scaled[0]), ("text GAN (latent)", scaled[1])):
+    for model, same in zip(("sentence VAE (prior)", "text GAN (latent)", "text GAN's VAE (prior)"), scaled[:3], strict=True):
         for c in ("lm_score", "bleu4", "self_bleu4", "novelty8"):
             assert rows[same][c] == rows[model][c], (same, c, rows[same], rows[model])
     assert temps == {"real held-out": "-", **{k: str(t) for k, t in want.items()}}, temps
@@ -166,7 +169,9 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     assert (record["n"], record["lm_steps"], record["train_steps"], record["gan_steps"], record["seed"]) == (4, 2, 2, 2, 1)
     assert record["temperature"] == 1.0 and record["row_temperatures"] == want, record["row_temperatures"]
     assert record["latent_scales"] == [1.0, 0.5]
-    assert (record["free_bits"], record["gan_lr"]) == (2.0, 1e-3)
+    assert (record["free_bits"], record["gan_lr"], record["gan"], record["vae"]) == (2.0, 1e-3, ["vae.free_bits=4.0"], [])
+    for label in ("sentence VAE (prior)", "text GAN (latent)"):  # each VAE's own latent-use line
+        assert re.search(rf"^{re.escape(label)} latent use \(held-out, nats/char\): \{{", out, re.M), label
     # --also-temperatures 0.7: every generator row scored again at 0.7, printed and in the JSON
     assert "temperature 0.7 (every generator row; real held-out unchanged)" in out
     also = record["also_temperatures"]["0.7"]
