@@ -35,7 +35,8 @@ temperature per model in one table, whose temperature column says which each row
 --also-temperatures tables re-sample every generator row at each given temperature alike.
 --latent-scales S [S ...] adds, for each S, a row "sentence VAE (prior) z xS" (the VAE row's prior
 draws times S: z from N(0, (S * model.prior_scale)^2 I); --train's VAE has prior_scale 1, so x0.8 is
-the served default 0.8) and a row "text GAN (latent) noise xS" (G fed S times its noise), the same
+the served default 0.8) and a row "text GAN (latent) noise xS" (G fed S times its own noise draws, whose
+spread is model.noise_scale), the same
 seeds and draws otherwise (at S = 1 each equals its model's own row): the latent spread as a second
 diversity knob beside the decoding temperature, to compare the two models at equal self-BLEU
 (a quality-diversity frontier per model, as Caccia et al. 2018 compare text GANs by temperature).
@@ -189,7 +190,7 @@ def scaled_samples(fam: Any, scale: float, n: int, length: int, temperature: flo
     gan = getattr(fam, "approach", None) == "latent"
     vae = fam.vae if gan else fam
     dim = fam.latent_dim if gan else vae.raw("vae").latent_dim
-    scale = scale if gan else scale * fam.cfg.model.prior_scale  # relative to the VAE's own prior draws
+    scale *= fam.cfg.model.noise_scale if gan else fam.cfg.model.prior_scale  # relative to the model's own draws
     req = TextRequest(n=1, seed=0, max_new_tokens=length, temperature=temperature)
     out = []
     for i in range(n):

@@ -12,6 +12,7 @@ import torch
 
 from creagen_ray.config import DataSpec, ExperimentConfig, TextRequest
 from creagen_ray.families import build_family
+from creagen_ray.families.base import seeded_generator
 from creagen_ray.tokenizer import CharTokenizer
 
 CORPUS = "the cat sat on the mat. the dog sat on the log. " * 30
@@ -121,6 +122,15 @@ def test_latent_textgan_trains_vae_then_gan_on_its_codes(one_thread: None) -> No
     assert fam.default_temperature == 0.0 and fam.generate(TextRequest(n=2, seed=7, max_new_tokens=5)) == greedy
     reqs = [TextRequest(n=2, seed=1, temperature=1.0), TextRequest(n=1, seed=2, temperature=0), TextRequest(n=2, seed=3)]
     assert fam.generate_many(reqs) == [fam.generate(r) for r in reqs]
+    # model.noise_scale: a sample feeds G its seed's N(0, I) draws times the scale (1 by default)
+    wide = build_family(cfg.model_copy(update={"model": cfg.model.model_copy(update={"noise_scale": 1.5})}), spec,
+                        total_steps=120, tokenizer=tok)
+    wide.load_state_dict(fam.state_dict())
+    g = seeded_generator(7)
+    z = torch.randn(4, 8, generator=g)  # [4, L]: the request's seed's N(0, I) draws
+    capped = one.model_copy(update={"max_new_tokens": T})  # a sample is one window
+    assert wide.generate(one) == fam.vae.decode_text(fam.distributions(z * 1.5), capped, g) != a
+    assert torch.equal(wide.latents(3, seed=5), fam.latents(3, seed=5) * 1.5)
     with pytest.raises(ValueError, match="unconditional"):
         fam.generate(TextRequest(prompt="the"))
     again = build_family(cfg, spec, total_steps=120, tokenizer=tok)

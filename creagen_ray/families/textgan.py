@@ -91,6 +91,11 @@ class TextGANConfig(TextModelConfig):
         "char", description="char: conv G of per-position softmaxes; latent: MLP G of sentence-VAE codes (LaTextGAN)"
     )
     latent_dim: int = Field(128, ge=1, le=4096, description="G's noise dimension")
+    noise_scale: float = Field(
+        1.0, gt=0.0, le=4.0,
+        description="a sample feeds G noise from N(0, noise_scale^2 I), as the sentence VAE's prior_scale scales "
+        "its prior (1 = the training noise). Training and val_js4 always use N(0, I)",
+    )
     channels: int = Field(128, ge=4, le=4096, description="width of every residual block (the paper: 512)")
     blocks: int = Field(5, ge=1, le=32, description="residual blocks in G and in D")
     kernel_size: int = Field(5, ge=1, le=31, description="odd: the conv keeps the window length")
@@ -355,8 +360,8 @@ class TextGANFamily(Family):
     # -- generating -----------------------------------------------------------------------------
 
     def latents(self, n: int, seed: int | None = None) -> torch.Tensor:
-        """n prior draws [n, L] (on the CPU, so one seed gives the same latents on any device)."""
-        return torch.randn(n, self.latent_dim, generator=seeded_generator(seed))
+        """n noise draws [n, L] as a sample draws them, times model.noise_scale (on the CPU: one seed, any device)."""
+        return torch.randn(n, self.latent_dim, generator=seeded_generator(seed)) * self.cfg.model.noise_scale
 
     @torch.no_grad()
     def distributions(self, z: torch.Tensor) -> torch.Tensor:
@@ -389,7 +394,7 @@ class TextGANFamily(Family):
         for r in reqs:
             self._check(r)
         gens = [seeded_generator(r.seed) for r in reqs]
-        z = [torch.randn(r.n, self.latent_dim, generator=g) for r, g in zip(reqs, gens)]
+        z = [torch.randn(r.n, self.latent_dim, generator=g) * self.cfg.model.noise_scale for r, g in zip(reqs, gens)]
         outs = self.distributions(torch.cat(z)).split([r.n for r in reqs]) if reqs else []
         texts = []
         for r, g, p in zip(reqs, gens, outs):
