@@ -103,6 +103,7 @@ def train_here(prepared: Any, data: dict, steps: int, gan_steps: int, char_gan: 
     torch.set_num_threads(1)
     tokens = torch.from_numpy(prepared.read_numpy("train", ["tokens"])["tokens"]).long()
     out = {}
+    vae_row = {k: v for k, v in TRAINED["sentence VAE (prior)"][0].items() if k != "family"}
     for label, (model, opt) in TRAINED.items():
         if label == "text GAN (char)" and not char_gan:
             continue
@@ -114,7 +115,6 @@ def train_here(prepared: Any, data: dict, steps: int, gan_steps: int, char_gan: 
                                "train": {"steps": n, "batch_size": 32}})
         torch.manual_seed(seed)
         fam = build_family(cfg, prepared.spec, total_steps=n, tokenizer=prepared.tokenizer)
-        vae_row = {k: v for k, v in TRAINED["sentence VAE (prior)"][0].items() if k != "family"}
         if latent and model["vae"] == vae_row:  # phase 1 is the VAE row's model (same config, steps, batches): reuse it
             fam.vae.load_state_dict(out["sentence VAE (prior)"].state_dict())
             fam.step = fam.vae.step

@@ -359,9 +359,13 @@ class TextGANFamily(Family):
 
     # -- generating -----------------------------------------------------------------------------
 
+    def noise(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """n draws [n, L] of a sample's noise from g: N(0, noise_scale^2 I), on the CPU (one seed, any device)."""
+        return torch.randn(n, self.latent_dim, generator=g) * self.cfg.model.noise_scale
+
     def latents(self, n: int, seed: int | None = None) -> torch.Tensor:
-        """n noise draws [n, L] as a sample draws them, times model.noise_scale (on the CPU: one seed, any device)."""
-        return torch.randn(n, self.latent_dim, generator=seeded_generator(seed)) * self.cfg.model.noise_scale
+        """n noise draws [n, L] as a seeded sample draws them."""
+        return self.noise(n, seeded_generator(seed))
 
     @torch.no_grad()
     def distributions(self, z: torch.Tensor) -> torch.Tensor:
@@ -394,7 +398,7 @@ class TextGANFamily(Family):
         for r in reqs:
             self._check(r)
         gens = [seeded_generator(r.seed) for r in reqs]
-        z = [torch.randn(r.n, self.latent_dim, generator=g) * self.cfg.model.noise_scale for r, g in zip(reqs, gens)]
+        z = [self.noise(r.n, g) for r, g in zip(reqs, gens)]
         outs = self.distributions(torch.cat(z)).split([r.n for r in reqs]) if reqs else []
         texts = []
         for r, g, p in zip(reqs, gens, outs):
