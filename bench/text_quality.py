@@ -66,7 +66,8 @@ import numpy as np  # noqa: E402
 
 from creagen_ray.bundle import load_bundle  # noqa: E402
 from creagen_ray.config import TextRequest, apply_overrides  # noqa: E402
-from creagen_ray.metrics.text import CharLM, bleu4, lm_score, novelty, reverse_lm_score, self_bleu4_scores  # noqa: E402
+from creagen_ray.metrics.text import (CharLM, bleu4, lm_at_self_bleu, lm_score, novelty, reverse_lm_score,  # noqa: E402
+                                      self_bleu4_scores)
 from creagen_ray.training.sample_metrics import split_texts, spread  # noqa: E402
 
 
@@ -249,6 +250,35 @@ def code_spread(gan: Any, prepared: Any, n: int) -> dict[str, dict[str, float]]:
     return {"train codes": stats(train), "GAN codes": stats(codes), "prior draws": stats(prior)}
 
 
+def model_points(model: str, table: dict[str, dict[str, float]], temps: dict[str, float],
+                 also: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    """Every scored row of one generator (its own row and its --latent-scales rows, at each temperature), labelled
+    "xS T t" (S relative to the model's own latent spread)."""
+    out = []
+    for t, tab in [(None, table), *((float(k), v) for k, v in also.items())]:
+        for k, m in tab.items():
+            if k == model or k.startswith((f"{model} noise x", f"{model} z x")):
+                scale = k.rsplit(" x", 1)[1] if k != model else "1"
+                out.append({"where": f"x{scale} T{temps[k] if t is None else t:g}", **m})
+    return sorted(out, key=lambda m: m["self_bleu4"])
+
+
+def matched_self_bleu(generators: dict[str, Any], table: dict[str, dict[str, float]], temps: dict[str, float],
+                      also: dict[str, dict[str, dict[str, float]]]) -> dict[str, list[dict[str, Any]]]:
+    """For each text GAN and sentence VAE prior: every GAN point, and the prior's LM score at its self-BLEU."""
+    gans = [k for k, f in generators.items() if getattr(f, "approach", None) in ("latent", "char")]
+    priors = [k for k, f in generators.items() if sentence_vae(f) is f]
+    out = {}
+    for g in gans:
+        for v in priors:
+            front = [(m["self_bleu4"], m["lm_score"]) for m in model_points(v, table, temps, also)]
+            out[f"{g} vs {v}"] = [
+                {**{c: p[c] for c in ("where", "lm_score", "lm_se", "self_bleu4")}, "other": round(other, 4),
+                 "diff": round(p["lm_score"] - other, 4)}
+                for p in model_points(g, table, temps, also) for other in [lm_at_self_bleu(front, p["self_bleu4"])]]
+    return out
+
+
 def row_temperature(arg: str) -> tuple[str, float]:
     """--row-temperature's PREFIX=T, T checked as TextRequest checks it (0 = greedy, else sane)."""
     prefix, sep, t = arg.rpartition("=")
@@ -429,10 +459,18 @@ def main() -> None:
             m = scores(v, reverse=False)
             also[str(temp)][k] = {c: round(m[c], 4) for c in cols_t}
             print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols_t) + " |", flush=True)
+    matched = matched_self_bleu(generators, table, temps, also)
+    if matched:
+        print("\nmatched self-BLEU: each text GAN point (latent scale x, temperature T) against each sentence VAE prior's "
+              "best LM score at that self-BLEU (its --latent-scales and temperature points, linear between neighbours; "
+              "diff < 0: the GAN better; nan: outside the prior's range)")
+    for pair, pts in matched.items():
+        print(f"{pair}: " + " | ".join(f"{p['where']} {p['lm_score']:.3f} / {p['self_bleu4']:.3f} vs {p['other']:.3f}: "
+                                       f"{p['diff']:+.3f}" for p in pts))
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": args.n, "lm_steps": args.lm_steps,
                       "train_steps": args.train, "gan_steps": args.gan_steps,
                       "temperature": args.temperature, "row_temperatures": temps, "free_bits": args.free_bits, "vae": args.vae, "gan": args.gan, "gan_lr": args.gan_lr,
-                      "seed": args.seed, "no_reverse_lm": args.no_reverse_lm, "latent_scales": args.latent_scales, "also_temperatures": also, "code_spread": spreads,
+                      "seed": args.seed, "no_reverse_lm": args.no_reverse_lm, "latent_scales": args.latent_scales, "also_temperatures": also, "code_spread": spreads, "matched": matched,
                       "table": {k: {c: round(m[c], 4) for c in [*cols, "self_bleu_se"]} for k, m in table.items()},
                       "corpus": next((k for k, c in CORPORA.items() if c["source"] == data.source), data.source),
                       "source": data.source,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import subprocess
@@ -177,6 +178,29 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
     also = record["also_temperatures"]["0.7"]
     assert set(also) == set(rows), also  # real held-out too (its numbers unchanged)
     assert all(m["lm_score"] > 0 and 0 <= m["novelty8"] <= 1 for m in also.values()), also
+    # matched self-BLEU: each text GAN's points (its row and scaled rows, greedy and at 0.7) against each prior's
+    # front, read off the same rows' scores
+    from creagen_ray.metrics.text import lm_at_self_bleu
+
+    priors = ("sentence VAE (prior)", "text GAN's VAE (prior)")
+    matched = record["matched"]
+    assert set(matched) == {f"{g} vs {v}" for g in ("text GAN (latent)", "text GAN (char)") for v in priors}, matched
+    tables = [record["table"], also]
+    for v in priors:
+        front = [(t[k]["self_bleu4"], t[k]["lm_score"]) for t in tables for k in t
+                 if k == v or k.startswith(f"{v} z x")]
+        assert len(front) == 6
+        # the latent GAN: its row and the x1, x0.5 rows, greedy and at 0.7; the char GAN: its row at 1.5 and 0.7
+        wheres = {"text GAN (latent)": [f"x{s} T{t}" for s in ("1", "1", "0.5") for t in ("0", "0.7")],
+                  "text GAN (char)": ["x1 T1.5", "x1 T0.7"]}
+        for g, where in wheres.items():
+            pts = matched[f"{g} vs {v}"]
+            assert sorted(p["where"] for p in pts) == sorted(where), pts
+            for p in pts:
+                want = lm_at_self_bleu(front, p["self_bleu4"])
+                assert p["other"] == pytest.approx(want, abs=1e-4, nan_ok=True), (p, front)
+                assert math.isnan(want) or p["diff"] == pytest.approx(p["lm_score"] - want, abs=2e-4), p
+    assert re.search(r"^text GAN \(latent\) vs sentence VAE \(prior\): x\S+ T\S+ \d\.\d{3} / ", out, re.M)
     assert "load average" in record["uptime"] and record["seconds"] > 0
 
 

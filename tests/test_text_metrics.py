@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from creagen_ray.metrics.text import (CharLM, bleu4, lm_score, ngram_js, reverse_lm_score, sample_report, self_bleu4,
-                                    self_bleu4_scores)
+from creagen_ray.metrics.text import (CharLM, bleu4, lm_at_self_bleu, lm_score, ngram_js, quality_front,
+                                    reverse_lm_score, sample_report, self_bleu4, self_bleu4_scores)
 
 @pytest.fixture
 def one_thread():
@@ -33,6 +33,17 @@ def test_bleu_and_self_bleu_known_cases() -> None:
     assert 0.0 < self_bleu4(mixed) < 1.0
     per = self_bleu4_scores(mixed + [""])  # one term per non-empty sample, self_bleu4 their mean
     assert len(per) == 3 and per[2] < per[0] and self_bleu4(mixed) == pytest.approx(sum(per) / 3)
+
+
+def test_lm_at_self_bleu_reads_the_best_points_linearly() -> None:
+    """A dominated point is off the front; between two front points the LM score is linear; outside, NaN."""
+    # (self-BLEU, LM score): (0.15, 1.6) is beaten on both by (0.12, 1.5)
+    pts = [(0.20, 1.2), (0.10, 1.6), (0.15, 1.6), (0.12, 1.5)]
+    assert quality_front(pts) == [(0.10, 1.6), (0.12, 1.5), (0.20, 1.2)]
+    assert lm_at_self_bleu(pts, 0.16) == pytest.approx(1.35)  # halfway from (0.12, 1.5) to (0.20, 1.2)
+    assert lm_at_self_bleu(pts, 0.10) == pytest.approx(1.6) and lm_at_self_bleu(pts, 0.20) == pytest.approx(1.2)
+    assert np.isnan(lm_at_self_bleu(pts, 0.05)) and np.isnan(lm_at_self_bleu(pts, 0.25))
+    assert lm_at_self_bleu([(0.1, 1.4)], 0.1) == 1.4 and np.isnan(lm_at_self_bleu([], 0.1))
 
 
 def test_lm_score_of_training_text_below_shuffled_characters(one_thread: None) -> None:

@@ -8,6 +8,9 @@ the text-GAN literature's sample metrics (Cifka et al. 2018; Texygen, Zhu et al.
   bleu4 / self_bleu4  word BLEU-4 of each sample against held-out sentences / against the other
                     samples (nltk's sentence BLEU, smoothing method 1, averaged as Texygen does)
   ngram_js          Jensen-Shannon divergence of two sets' char n-gram distributions (Gulrajani et al.)
+  lm_at_self_bleu   a generator's best LM score at a given self-BLEU, read off the points it reached with
+                    its diversity knobs (temperature, latent scale): two generators compared at equal
+                    diversity (Caccia et al. 2018)
 
 Pure Python/NumPy (the char LM: PyTorch), no Ray. Conventions:
   - Likelihood metrics take the *mean negative log-likelihood in nats per token*, which is what the
@@ -382,6 +385,25 @@ def reverse_lm_score(samples: Iterable[str], heldout: Iterable[str], vocab: str 
     """Mean nats/char of real held-out text under a char LM trained on the samples (coverage; lower is better)."""
     sep = next((c for c in ("\n", " ") if c in vocab), "")  # samples are separate texts
     return CharLM.fit(sep.join(samples), vocab, **fit).nats_per_char(heldout)
+
+
+def quality_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (self-BLEU, LM score) points no other point beats on both (lower is better on each), by self-BLEU."""
+    front: list[tuple[float, float]] = []
+    for s, lm in sorted(points):
+        if not front or lm < front[-1][1]:
+            front.append((s, lm))
+    return front
+
+
+def lm_at_self_bleu(points: Iterable[tuple[float, float]], self_bleu: float) -> float:
+    """A generator's best LM score at this self-BLEU: its quality_front, linear between the two neighbouring
+    points (Caccia et al. 2018's quality-diversity frontier); NaN outside the front's self-BLEU range."""
+    front = quality_front(points)
+    for (s0, l0), (s1, l1) in zip(front, front[1:]):
+        if s0 <= self_bleu <= s1:
+            return l0 + (l1 - l0) * (self_bleu - s0) / (s1 - s0)
+    return next((lm for s, lm in front if s == self_bleu), float("nan"))
 
 
 def sample_report(
