@@ -40,6 +40,9 @@ spread is model.noise_scale), the same
 seeds and draws otherwise (at S = 1 each equals its model's own row): the latent spread as a second
 diversity knob beside the decoding temperature, to compare the two models at equal self-BLEU
 (a quality-diversity frontier per model, as Caccia et al. 2018 compare text GANs by temperature).
+The "matched self-BLEU" lines do that comparison: each text GAN's points (its row and its xS rows, at
+every temperature scored) against each sentence VAE prior's best LM score at the same self-BLEU
+(creagen_ray.metrics.text.lm_at_self_bleu over that prior's rows; nan outside their range).
 Columns (creagen_ray.metrics.text): the sampling temperature ("-" for the real row), LM score and
 its standard error over the samples, reverse LM score (nats/char, lower is better), BLEU-4 vs
 held-out and self-BLEU-4, 8-gram novelty vs the training text (closest to the real row is best,
