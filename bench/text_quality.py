@@ -42,7 +42,8 @@ diversity knob beside the decoding temperature, to compare the two models at equ
 (a quality-diversity frontier per model, as Caccia et al. 2018 compare text GANs by temperature).
 The "matched self-BLEU" lines do that comparison: each text GAN's points (its row and its xS rows, at
 every temperature scored) against each sentence VAE prior's best LM score at the same self-BLEU
-(creagen_ray.metrics.text.lm_at_self_bleu over that prior's rows; nan outside their range).
+(creagen_ray.metrics.text.lm_at_self_bleu over that prior's rows; nan outside their range), and the
+same for each sentence VAE's "decoding ... codes" rows (with --train-codes: a latent GAN's target decoded).
 Columns (creagen_ray.metrics.text): the sampling temperature ("-" for the real row), LM score and
 its standard error over the samples, reverse LM score (nats/char, lower is better), BLEU-4 vs
 held-out and self-BLEU-4, 8-gram novelty vs the training text (closest to the real row is best,
@@ -268,8 +269,11 @@ def model_points(model: str, table: dict[str, dict[str, float]], temps: dict[str
 
 def matched_self_bleu(generators: dict[str, Any], table: dict[str, dict[str, float]], temps: dict[str, float],
                       also: dict[str, dict[str, dict[str, float]]]) -> dict[str, list[dict[str, Any]]]:
-    """For each text GAN and sentence VAE prior: every GAN point, and the prior's LM score at its self-BLEU."""
+    """For each text GAN (and each sentence VAE's decoded codes: what a latent GAN that matched them would write)
+    and sentence VAE prior: every GAN point, and the prior's LM score at its self-BLEU."""
     gans = [k for k, f in generators.items() if getattr(f, "approach", None) in ("latent", "char")]
+    gans += [code for k, f in generators.items() if sentence_vae(f) is not None
+             for code in (f"{k.split(' (')[0]} decoding {which} codes" for which in ("train", "held-out")) if code in table]
     priors = [k for k, f in generators.items() if sentence_vae(f) is f]
     out = {}
     for g in gans:

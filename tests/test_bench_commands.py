@@ -184,7 +184,10 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
 
     priors = ("sentence VAE (prior)", "text GAN's VAE (prior)")
     matched = record["matched"]
-    assert set(matched) == {f"{g} vs {v}" for g in ("text GAN (latent)", "text GAN (char)") for v in priors}, matched
+    # and each VAE's decoded codes (a latent GAN's target, and held-out windows') as if they were a GAN's points
+    gans = ("text GAN (latent)", "text GAN (char)", *(f"{m} decoding {c} codes" for m in ("sentence VAE", "text GAN")
+                                                      for c in ("train", "held-out")))
+    assert set(matched) == {f"{g} vs {v}" for g in gans for v in priors}, matched
     tables = [record["table"], also]
     for v in priors:
         front = [(t[k]["self_bleu4"], t[k]["lm_score"]) for t in tables for k in t
@@ -192,7 +195,10 @@ def test_text_quality_trains_scores_and_prints_the_table(ray_cluster, tmp_path):
         assert len(front) == 6
         # the latent GAN: its row and the x1, x0.5 rows, greedy and at 0.7; the char GAN: its row at 1.5 and 0.7
         wheres = {"text GAN (latent)": [f"x{s} T{t}" for s in ("1", "1", "0.5") for t in ("0", "0.7")],
-                  "text GAN (char)": ["x1 T1.5", "x1 T0.7"]}
+                  "text GAN (char)": ["x1 T1.5", "x1 T0.7"], "text GAN decoding train codes": ["x1 T0", "x1 T0.7"],
+                  "text GAN decoding held-out codes": ["x1 T0", "x1 T0.7"],
+                  "sentence VAE decoding train codes": ["x1 T0", "x1 T0.7"],
+                  "sentence VAE decoding held-out codes": ["x1 T0", "x1 T0.7"]}
         for g, where in wheres.items():
             pts = matched[f"{g} vs {v}"]
             assert sorted(p["where"] for p in pts) == sorted(where), pts
