@@ -275,10 +275,10 @@ def matched_self_bleu(generators: dict[str, Any], table: dict[str, dict[str, flo
     gans += [code for k, f in generators.items() if sentence_vae(f) is not None
              for code in (f"{k.split(' (')[0]} decoding {which} codes" for which in ("train", "held-out")) if code in table]
     priors = [k for k, f in generators.items() if sentence_vae(f) is f]
+    fronts = {v: [(m["self_bleu4"], m["lm_score"]) for m in model_points(v, table, temps, also)] for v in priors}
     out = {}
     for g in gans:
-        for v in priors:
-            front = [(m["self_bleu4"], m["lm_score"]) for m in model_points(v, table, temps, also)]
+        for v, front in fronts.items():
             out[f"{g} vs {v}"] = [
                 {**{c: p[c] for c in ("where", "lm_score", "lm_se", "self_bleu4")}, "other": round(other, 4),
                  "diff": round(p["lm_score"] - other, 4)}
